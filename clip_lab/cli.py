@@ -1,0 +1,80 @@
+"""`python -m clip_lab fit|validate|test -c config.yaml`: the LightningCLI with run folders under results/<run>/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger
+
+from clip_lab.data.datamodule import CocoRetrievalData
+from clip_lab.errors import ClipLabError
+from clip_lab.module import ClipLab
+
+
+class SaveFitConfig(SaveConfigCallback):
+    """Save the resolved config as results/<run>/config.yaml when fitting; `test` leaves the run's config alone."""
+
+    def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        if stage == "fit":
+            super().setup(trainer, pl_module, stage)
+
+
+class ClipLabCLI(LightningCLI):
+    """Adds `--run NAME`: config, CSV log, checkpoints and test metrics of a run all land in `<results_dir>/NAME/`."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--run", type=str, default="baseline", help="run name: outputs go to <results_dir>/<run>/")
+        parser.add_argument("--results_dir", type=str, default="results", help="folder holding one folder per run")
+        parser.link_arguments("data.embed_dim", "model.embed_dim", apply_on="instantiate")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/rsum",  # sum of the six recalls: the usual single retrieval score
+                "checkpoint.mode": "max",
+                "checkpoint.filename": "best",
+                "checkpoint.save_last": True,
+                "checkpoint.enable_version_counter": False,
+                "trainer.precision": "bf16-mixed" if torch.cuda.is_available() else "32-true",
+            }
+        )
+
+    def _run_dir(self) -> Path:
+        config = self.config[self.subcommand]
+        return Path(config.results_dir) / config.run
+
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand != "fit":
+            return
+        run_dir = self._run_dir()
+        used = run_dir.is_dir() and any(p.name in ("config.yaml", "metrics.csv", "checkpoints") for p in run_dir.iterdir())
+        if used and not self.config.fit.ckpt_path:
+            raise ClipLabError(
+                f"{run_dir} already holds a run; choose another --run name, delete the folder, or resume it with "
+                f"--ckpt_path {run_dir}/checkpoints/last.ckpt"
+            )
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        config = self.config_init[self.subcommand]
+        run_dir = self._run_dir()
+        kwargs.setdefault("default_root_dir", str(run_dir))
+        if config.trainer.get("logger") in (None, True):
+            # fit logs a CSV per epoch into the run folder; test writes test_metrics.json there and logs nothing else
+            logger = CSVLogger(save_dir=config.results_dir, name=config.run, version="") if self.subcommand == "fit" else False
+            kwargs.setdefault("logger", logger)
+        return super().instantiate_trainer(**kwargs)
+
+
+def main(argv: list[str] | None = None) -> ClipLabCLI:
+    return ClipLabCLI(
+        ClipLab,
+        CocoRetrievalData,
+        save_config_callback=SaveFitConfig,
+        save_config_kwargs={"overwrite": True},
+        args=argv,
+        auto_configure_optimizers=False,
+    )

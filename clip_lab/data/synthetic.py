@@ -1,0 +1,147 @@
+"""A generated captioned dataset in COCO 2014 layout (real JPEGs, real captions JSON) and a tiny random CLIP text tower.
+
+Images hold one or two coloured shapes; each image gets five captions naming colour, shape, size and position, so
+retrieval is learnable. The text tower is a `CLIPTextModelWithProjection` saved with `save_pretrained` next to a
+word-level tokenizer: the demo loads it through the same `from_pretrained` path as OpenAI's model.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+COLORS = {
+    "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 230), "yellow": (240, 215, 40),
+    "purple": (140, 60, 190), "orange": (250, 140, 30), "white": (250, 250, 250), "black": (15, 15, 15),
+}
+SHAPES = ("circle", "square", "triangle", "diamond", "cross")
+SIZES = {"small": 0.22, "large": 0.38}  # shape size as a fraction of the image's shorter side
+SPECIAL = ("<pad>", "<unk>", "<bos>", "<eos>")  # ids 0-3; eos != 2 so CLIP pools at the eos token, not argmax(ids)
+TEMPLATE_WORDS = ("a an the of on to in and one two next picture photo shapes shape that is left right middle "
+                  "plain background side centre").split()
+
+
+def _draw(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, color: tuple) -> None:
+    if shape == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=color)
+    elif shape == "square":
+        draw.rectangle([cx - r, cy - r, cx + r, cy + r], fill=color)
+    elif shape == "triangle":
+        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=color)
+    elif shape == "diamond":
+        draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=color)
+    else:  # cross
+        w = r / 3
+        draw.rectangle([cx - r, cy - w, cx + r, cy + w], fill=color)
+        draw.rectangle([cx - w, cy - r, cx + w, cy + r], fill=color)
+
+
+def _captions(objects: list[dict]) -> list[str]:
+    if len(objects) == 1:
+        (o,) = objects
+        c, s, z, p = o["color"], o["shape"], o["size"], o["position"]
+        return [f"a {z} {c} {s}", f"a {c} {s} on the {p}", f"a picture of a {c} {s}",
+                f"one {z} {c} {s} on a plain background", f"a {s} that is {c}"]
+    a, b = objects
+    return [f"a {a['color']} {a['shape']} and a {b['color']} {b['shape']}",
+            f"a {a['color']} {a['shape']} to the left of a {b['color']} {b['shape']}",
+            f"a {b['color']} {b['shape']} on the right and a {a['color']} {a['shape']} on the left",
+            f"two shapes: a {a['color']} {a['shape']} and a {b['color']} {b['shape']}",
+            f"a {a['size']} {a['color']} {a['shape']} next to a {b['size']} {b['color']} {b['shape']}"]
+
+
+def _image(rng: random.Random) -> tuple[Image.Image, list[dict]]:
+    w, h = rng.randint(100, 200), rng.randint(100, 200)
+    side = min(w, h)  # shapes stay in the central square, which survives a centre crop
+    x0, y0 = (w - side) / 2, (h - side) / 2
+    background = tuple(rng.randint(90, 170) for _ in range(3))
+    img = Image.new("RGB", (w, h), background)
+    draw = ImageDraw.Draw(img)
+    n = rng.choice((1, 2))
+    if n == 1:
+        slots = [rng.choice([("left", 0.3), ("middle", 0.5), ("right", 0.7)])]
+    else:
+        slots = [("left", 0.27), ("right", 0.73)]
+    objects = []
+    for position, fx in slots:
+        color, shape, size = rng.choice(list(COLORS)), rng.choice(SHAPES), rng.choice(list(SIZES))
+        r = SIZES[size] * side / (2 if n == 2 else 1.6)
+        cx, cy = x0 + fx * side + rng.uniform(-0.04, 0.04) * side, y0 + rng.uniform(0.4, 0.6) * side
+        _draw(draw, shape, cx, cy, r, COLORS[color])
+        objects.append({"color": color, "shape": shape, "size": size, "position": position})
+    return img, objects
+
+
+def make_split(root: Path, split: str, n_images: int, seed: int, first_image_id: int, first_ann_id: int) -> None:
+    """Write `root/<split>/*.jpg` and `root/annotations/captions_<split>.json` in the official COCO 2014 format."""
+    rng = random.Random(seed)
+    (root / split).mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for k in range(n_images):
+        image_id = first_image_id + k
+        img, objects = _image(rng)
+        file_name = f"COCO_{split}_{image_id:012d}.jpg"
+        img.save(root / split / file_name, quality=rng.randint(80, 95))
+        images.append({"id": image_id, "file_name": file_name, "width": img.width, "height": img.height,
+                       "demo_shapes": [o["shape"] for o in objects]})
+        for caption in _captions(objects):
+            annotations.append({"id": first_ann_id + len(annotations), "image_id": image_id, "caption": caption})
+    (root / "annotations").mkdir(exist_ok=True)
+    info = {"description": "clip_lab generated demo data in COCO 2014 captions format", "version": "1.0"}
+    payload = {"info": info, "licenses": [], "images": images, "annotations": annotations}
+    (root / "annotations" / f"captions_{split}.json").write_text(json.dumps(payload))
+
+
+def vocabulary() -> list[str]:
+    words = set(TEMPLATE_WORDS) | set(COLORS) | set(SHAPES) | set(SIZES) | {":"}
+    return list(SPECIAL) + sorted(words)
+
+
+def make_text_model(path: Path, seed: int = 0, width: int = 128, layers: int = 2, projection_dim: int = 128) -> None:
+    """Save a randomly initialized small CLIP text tower and its word-level tokenizer to `path`."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(vocabulary())}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A <eos>", special_tokens=[("<bos>", vocab["<bos>"]), ("<eos>", vocab["<eos>"])]
+    )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
+                                        pad_token="<pad>", unk_token="<unk>", model_max_length=32)
+    config = CLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
+        num_attention_heads=4, max_position_embeddings=32, projection_dim=projection_dim,
+        bos_token_id=vocab["<bos>"], eos_token_id=vocab["<eos>"], pad_token_id=vocab["<pad>"],
+    )
+    torch.manual_seed(seed)
+    CLIPTextModelWithProjection(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+def make_demo_dataset(root: str | Path, n_train: int = 2000, n_val: int = 400, seed: int = 0) -> Path:
+    """Generate the demo dataset under `root` (once: a finished dataset is reused) and return `root`.
+
+    Writes into a temporary folder renamed into place at the end, so an interrupted run leaves nothing half-made.
+    """
+    root = Path(root)
+    done = root / "DONE.json"
+    spec = {"n_train": n_train, "n_val": n_val, "seed": seed, "format": 1}
+    if done.is_file() and json.loads(done.read_text()) == spec:
+        return root
+    tmp = root.with_name(root.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    make_split(tmp, "train2014", n_train, seed, first_image_id=1, first_ann_id=1)
+    make_split(tmp, "val2014", n_val, seed + 1, first_image_id=1_000_001, first_ann_id=10_000_001)
+    make_text_model(tmp / "clip_text_tiny", seed=seed)
+    (tmp / "DONE.json").write_text(json.dumps(spec))
+    shutil.rmtree(root, ignore_errors=True)
+    tmp.rename(root)
+    return root

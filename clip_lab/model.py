@@ -1,0 +1,82 @@
+"""Plain nn.Modules: the image encoder (a torchvision backbone without its classifier) and the projection head."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import Tensor, nn
+
+from clip_lab.errors import ClipLabError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def build_backbone(name: str, weights: str | None) -> nn.Module:
+    """`torchvision.models.get_model(name, weights=...)`, failing with a clear message when weights are not available.
+
+    `weights=None` means random initialization, and only then: a failed download never falls back to it.
+    """
+    try:
+        builder = torchvision.models.get_model_builder(name)
+    except ValueError:
+        raise ClipLabError(f"unknown backbone {name!r}; choose one of torchvision.models.list_models(), e.g. "
+                           "resnet50, resnet18, mobilenet_v3_small, convnext_tiny") from None
+    if weights is None:
+        return builder(weights=None)
+    try:
+        enum = torchvision.models.get_model_weights(name)[weights]
+    except KeyError:
+        options = ", ".join(w.name for w in torchvision.models.get_model_weights(name))
+        raise ClipLabError(f"{name} has no weights {weights!r}; choose one of: {options}, or null for none") from None
+    file = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name
+    try:
+        return builder(weights=enum)
+    except Exception as e:  # offline: URLError, socket errors, partial files
+        raise ClipLabError(
+            f"cannot load ImageNet weights {name}.{weights}: {file} is missing and the download failed "
+            f"({type(e).__name__}). Fix: download {enum.url} on a machine with internet and put it at {file} "
+            "(TORCH_HOME moves that folder), or set model.weights: null to train from random initialization"
+        ) from e
+
+
+def strip_classifier(model: nn.Module) -> int:
+    """Replace the model's last nn.Linear (its classifier) with Identity; return that layer's input width.
+
+    Works for every torchvision classification model (ResNet `fc`, MobileNet/ConvNeXt `classifier[-1]`, ViT `heads`),
+    so the feature width is discovered, not hard-coded.
+    """
+    name, layer = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+    parent = model.get_submodule(name.rpartition(".")[0])
+    setattr(parent, name.rpartition(".")[2], nn.Identity())
+    return layer.in_features
+
+
+class ImageEncoder(nn.Module):
+    """uint8 images `[B, 3, H, W]` -> pooled backbone features `[B, out_dim]`; normalization happens here, on device."""
+
+    def __init__(self, backbone: str = "resnet50", weights: str | None = "IMAGENET1K_V2") -> None:
+        super().__init__()
+        self.trunk = build_backbone(backbone, weights)
+        self.out_dim = strip_classifier(self.trunk)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = (images.float() - self.mean) / self.std
+        if x.is_cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.trunk(x)
+
+
+class ProjectionHead(nn.Module):
+    """Linear -> GELU -> Linear, from backbone features to the text embedding width."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, out_dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)

@@ -1,0 +1,168 @@
+"""The LightningModule that trains the image tower against cached text embeddings and evaluates retrieval."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from clip_lab.files import save_json
+from clip_lab.loss import InfoNCE
+from clip_lab.metrics import embedding_retrieval_metrics
+from clip_lab.model import ImageEncoder, ProjectionHead
+
+PROTOCOL = ("standard: image->text counts a hit at K when any of the image's captions ranks in the top K; "
+            "text->image when the caption's own image does; ties count against the model")
+
+
+class ClipLab(L.LightningModule):
+    """Image encoder + projection head trained with symmetric InfoNCE against a frozen text tower's cached embeddings.
+
+    Args:
+        backbone: torchvision model name of the image encoder.
+        weights: torchvision weights name (ImageNet `IMAGENET1K_V2` for ResNet50), or null for random init.
+        embed_dim: width of the text embeddings (linked from the data's text model by the CLI).
+        head_hidden: hidden width of the Linear -> GELU -> Linear projection head.
+        lr: peak learning rate of the head and the temperature.
+        backbone_lr: peak learning rate of the (pretrained) backbone; fine-tuning wants it lower than the head's.
+        weight_decay: AdamW decay of weight matrices (biases, norms and the temperature get none).
+        warmup_fraction: share of all optimizer steps spent on linear warmup before the cosine decay to zero.
+        temperature: initial softmax temperature (CLIP's 0.07, a logit scale of ~14.3); learned from there.
+        max_logit_scale: the logit scale (1 / temperature) is clamped at this value, as in CLIP.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        weights: str | None = "IMAGENET1K_V2",
+        embed_dim: int = 512,
+        head_hidden: int = 2048,
+        lr: float = 1e-3,
+        backbone_lr: float = 1e-4,
+        weight_decay: float = 0.1,
+        warmup_fraction: float = 0.05,
+        temperature: float = 0.07,
+        max_logit_scale: float = 100.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.image_encoder = ImageEncoder(backbone, weights)
+        self.head = ProjectionHead(self.image_encoder.out_dim, embed_dim, head_hidden)
+        self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / temperature)))
+        self.loss = InfoNCE()
+        self._eval: list[tuple[Tensor, Tensor, Tensor]] = []
+
+    def forward(self, images: Tensor) -> Tensor:
+        """uint8 images -> L2-normalized embeddings in the text embedding space."""
+        return F.normalize(self.head(self.image_encoder(images)).float(), dim=-1)
+
+    # -- training -----------------------------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        if self.device.type == "cuda":
+            self.image_encoder.to(memory_format=torch.channels_last)
+
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
+        images, text, _ = batch
+        loss, acc = self.loss(self(images), text, self.logit_scale.exp())
+        # epoch-level logging accumulates on the device: no host sync per step
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train/acc", acc, on_step=False, on_epoch=True)
+        self.log("train/logit_scale", self.logit_scale.exp(), on_step=False, on_epoch=True)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        with torch.no_grad():  # CLIP clamps the learnable scale after each step
+            self.logit_scale.clamp_(max=math.log(self.hparams.max_logit_scale))
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        decay, no_decay, backbone_decay, backbone_no_decay = [], [], [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            is_backbone = name.startswith("image_encoder.")
+            if p.ndim >= 2:
+                (backbone_decay if is_backbone else decay).append(p)
+            else:  # biases, norm scales, the temperature
+                (backbone_no_decay if is_backbone else no_decay).append(p)
+        groups = [
+            {"params": backbone_decay, "lr": hp.backbone_lr, "weight_decay": hp.weight_decay},
+            {"params": backbone_no_decay, "lr": hp.backbone_lr, "weight_decay": 0.0},
+            {"params": decay, "lr": hp.lr, "weight_decay": hp.weight_decay},
+            {"params": no_decay, "lr": hp.lr, "weight_decay": 0.0},
+        ]
+        fused = self.device.type == "cuda"
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], fused=fused)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(hp.warmup_fraction * total)
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- evaluation ---------------------------------------------------------------------------------------------------
+    def _eval_step(self, batch: tuple[Tensor, Tensor, Tensor]) -> None:
+        images, text, index = batch
+        self._eval.append((index, self(images), text))
+
+    def _eval_end(self, stage: str) -> dict[str, float] | None:
+        index, image_emb, first_caption = (torch.cat(t) for t in zip(*self._eval))
+        self._eval.clear()
+        if self.trainer.sanity_checking:
+            return None
+        datamodule = self.trainer.datamodule
+        expected = torch.as_tensor(datamodule.eval_images(stage), device=index.device)
+        order = index.argsort()
+        if not torch.equal(index[order], expected):
+            raise RuntimeError(f"{stage}: embedded {len(index)} images, expected the {len(expected)} of the split "
+                               "(limit_val_batches / limit_test_batches < 1 cannot give retrieval metrics)")
+        image_emb, first_caption = image_emb[order], first_caption[order]
+        caption_emb, caption_image = datamodule.retrieval_targets(stage)
+        metrics = embedding_retrieval_metrics(image_emb, caption_emb.to(self.device), caption_image.to(self.device))
+        metrics["loss"] = self._eval_loss(image_emb, first_caption, datamodule.hparams.batch_size)
+        metrics["n_images"], metrics["n_captions"] = len(expected), len(caption_image)
+        self.log_dict({f"{stage}/{k}": float(v) for k, v in metrics.items()})
+        return metrics
+
+    @torch.no_grad()
+    def _eval_loss(self, image_emb: Tensor, text_emb: Tensor, batch_size: int) -> float:
+        """InfoNCE over consecutive chunks of the training batch size (so it compares with the training loss)."""
+        has_caption = text_emb.abs().sum(dim=1) > 0
+        image_emb, text_emb = image_emb[has_caption], text_emb[has_caption]
+        scale = self.logit_scale.exp()
+        losses = [self.loss(i, t, scale)[0] for i, t in zip(image_emb.split(batch_size), text_emb.split(batch_size))]
+        return torch.stack(losses).mean().item()
+
+    def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val")
+
+    def on_test_start(self) -> None:
+        self.on_fit_start()
+
+    def test_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_test_epoch_end(self) -> None:
+        metrics = self._eval_end("test")
+        if metrics is None or not self.trainer.is_global_zero:
+            return
+        datamodule = self.trainer.datamodule
+        result = {
+            "split": datamodule.hparams.test_split,
+            "checkpoint": str(self.trainer.ckpt_path) if self.trainer.ckpt_path else None,
+            "protocol": PROTOCOL,
+            "metrics": metrics,
+        }
+        save_json(result, Path(self.trainer.log_dir) / "test_metrics.json")

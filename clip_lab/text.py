@@ -1,0 +1,125 @@
+"""The frozen CLIP text tower: one `TextEncoder.encode` for training captions, queries and zero-shot prompts."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from clip_lab.errors import ClipLabError
+from clip_lab.files import sha256_file
+
+DEFAULT_TEXT_MODEL = "openai/clip-vit-base-patch32"
+
+
+def load_pretrained(cls: Any, name: str, **kwargs: Any) -> Any:
+    """`cls.from_pretrained(name)`: a local directory or the local HF cache first, then the hub; a clear error if neither.
+
+    Trying the cache first keeps runs offline-fast; a failed download never falls back to random weights.
+    """
+    if Path(name).is_dir():
+        try:
+            return cls.from_pretrained(name, **kwargs)
+        except (OSError, ValueError) as e:
+            raise ClipLabError(f"{name} is not a complete Hugging Face model directory ({e}); re-create it with "
+                               "`save_pretrained` or point text_model at a model id") from e
+    try:
+        return cls.from_pretrained(name, local_files_only=True, **kwargs)
+    except (OSError, ValueError):
+        pass  # not in the local cache: try the hub below
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    try:
+        if offline:
+            raise OSError("HF_HUB_OFFLINE is set")
+        return cls.from_pretrained(name, **kwargs)
+    except Exception as e:  # network errors come in many types; all mean the same thing to the user
+        raise ClipLabError(
+            f"cannot load '{name}' ({cls.__name__}): it is not in the local Hugging Face cache "
+            f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}) and the hub is unreachable ({type(e).__name__}). "
+            f"Fix: on a machine with internet run `hf download {name}` and copy the cache here "
+            f"(or set HF_HOME to it), or save the model with `save_pretrained(DIR)` and set data.text_model: DIR"
+        ) from e
+
+
+def text_model_fingerprint(name: str) -> str:
+    """What identifies the weights behind `name`: a content hash for a local directory, the hub revision otherwise."""
+    path = Path(name)
+    if path.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(p for p in path.iterdir() if p.is_file()):
+            h.update(f.name.encode() + b"\0" + sha256_file(f).encode())
+        return f"dir:{h.hexdigest()}"
+    from huggingface_hub import try_to_load_from_cache
+
+    config = try_to_load_from_cache(name, "config.json")
+    revision = Path(config).parent.name if isinstance(config, str) else "unknown"
+    return f"hub:{name}@{revision}"
+
+
+def text_embed_dim(name: str) -> int:
+    """The width of the projected text embedding, read from the model's config alone (no weights loaded)."""
+    from transformers import AutoConfig
+
+    config = load_pretrained(AutoConfig, name)
+    dim = getattr(config, "projection_dim", None)
+    if not dim:
+        raise ClipLabError(f"{name} is not a CLIP model: its config has no projection_dim")
+    return int(dim)
+
+
+class TextEncoder(nn.Module):
+    """Frozen `CLIPTextModelWithProjection` + its tokenizer; `encode` returns L2-normalized `text_embeds`.
+
+    The pooled output is taken at each caption's end-of-text token (CLIP's text model is causal, so the first
+    token's state is the same for every caption) and projected, exactly as CLIP does for its own training.
+    """
+
+    def __init__(self, name: str = DEFAULT_TEXT_MODEL, max_length: int = 77) -> None:
+        super().__init__()
+        from transformers import AutoTokenizer, CLIPTextModelWithProjection
+
+        self.name = name
+        self.tokenizer = load_pretrained(AutoTokenizer, name)
+        self.model = load_pretrained(CLIPTextModelWithProjection, name).eval().requires_grad_(False)
+        self.max_length = min(max_length, self.model.config.max_position_embeddings)
+        self.dim = int(self.model.config.projection_dim)
+
+    def train(self, mode: bool = True) -> TextEncoder:
+        return super().train(False)  # frozen: dropout and friends stay off whatever the caller asks
+
+    @torch.inference_mode()
+    def encode(self, texts: Sequence[str], batch_size: int = 1024, progress: bool = False) -> Tensor:
+        """Embed `texts` -> float32 `[len(texts), dim]`, L2-normalized, on the model's device.
+
+        Tokenizes everything in one batched call, then encodes in batches of similar length (sorted by token count,
+        so little time is spent on padding) and returns rows in the input order. fp16 autocast on CUDA.
+        """
+        texts = list(texts)
+        device = next(self.model.parameters()).device
+        ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        out = torch.empty(len(ids), self.dim, device=device)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        batches = range(0, len(order), batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc="encoding captions", unit="batch")
+        for start in batches:
+            idx = order[start : start + batch_size]
+            lengths = np.fromiter((len(ids[i]) for i in idx), np.int64, len(idx))
+            mask = np.arange(lengths.max())[None, :] < lengths[:, None]
+            input_ids = np.full(mask.shape, pad, dtype=np.int64)
+            input_ids[mask] = np.fromiter(itertools.chain.from_iterable(ids[i] for i in idx), np.int64, lengths.sum())
+            input_ids, mask = torch.from_numpy(input_ids).to(device), torch.from_numpy(mask).long().to(device)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+                emb = self.model(input_ids=input_ids, attention_mask=mask).text_embeds
+            out[torch.tensor(idx, device=device)] = F.normalize(emb.float(), dim=-1)
+        return out
