@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import socket
 from pathlib import Path
 from typing import Any, Sequence
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -34,10 +36,10 @@ def load_pretrained(cls: Any, name: str, **kwargs: Any) -> Any:
         return cls.from_pretrained(name, local_files_only=True, **kwargs)
     except (OSError, ValueError):
         pass  # not in the local cache: try the hub below
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     try:
-        if offline:
+        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
             raise OSError("HF_HUB_OFFLINE is set")
+        _check_hub_reachable()
         return cls.from_pretrained(name, **kwargs)
     except Exception as e:  # network errors come in many types; all mean the same thing to the user
         raise ClipLabError(
@@ -46,6 +48,16 @@ def load_pretrained(cls: Any, name: str, **kwargs: Any) -> Any:
             f"Fix: on a machine with internet run `hf download {name}` and copy the cache here "
             f"(or set HF_HOME to it), or save the model with `save_pretrained(DIR)` and set data.text_model: DIR"
         ) from e
+
+
+def _check_hub_reachable(timeout: float = 3.0) -> None:
+    """Raise OSError within `timeout` when the hub's host cannot be reached (the hub client retries for ~30 s)."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return  # behind a proxy a direct connection proves nothing: let the client try
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
 
 
 def text_model_fingerprint(name: str) -> str:

@@ -1,0 +1,102 @@
+"""COCO-format loading, missing-file errors, the pair sampler and the datamodule on generated data."""
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from clip_lab.data.coco import check_coco_files, load_coco_split
+from clip_lab.data.datamodule import CocoRetrievalData, load_image
+from clip_lab.data.sampling import PairBatchSampler
+from clip_lab.errors import ClipLabError
+
+
+def test_missing_files_are_each_named_with_their_download(tmp_path):
+    (tmp_path / "val2014").mkdir()
+    with pytest.raises(ClipLabError) as err:
+        check_coco_files(tmp_path, ["train2014", "val2014"])
+    msg = str(err.value)
+    assert f"{tmp_path}/train2014/" in msg and "train2014.zip" in msg
+    assert "captions_train2014.json" in msg and "captions_val2014.json" in msg
+    assert "annotations_trainval2014.zip" in msg
+    assert f"{tmp_path}/val2014/ " not in msg  # present: not listed
+
+
+def test_datamodule_stops_before_any_work_without_data(tmp_path, text_model):
+    with pytest.raises(ClipLabError, match="COCO 2014 files missing"):
+        CocoRetrievalData(data_root=str(tmp_path), text_model=text_model, cache_dir=str(tmp_path / "cache"))
+    assert not (tmp_path / "cache").exists()
+
+
+def test_load_split_groups_captions_by_image(demo_root):
+    split = load_coco_split(demo_root, "train2014")
+    raw = json.loads((demo_root / "annotations" / "captions_train2014.json").read_text())
+    assert len(split.image_ids) == len(raw["images"]) == 256
+    assert len(split.captions) == len(raw["annotations"])
+    assert (np.diff(split.image_ids) > 0).all() and (np.diff(split.caption_image) >= 0).all()
+    by_id = {a["id"]: a for a in raw["annotations"]}
+    for j in (0, 7, len(split.captions) - 1):
+        ann = by_id[int(split.caption_ids[j])]
+        assert ann["caption"] == split.captions[j]
+        assert ann["image_id"] == split.image_ids[split.caption_image[j]]
+    start = split.caption_start
+    assert start[0] == 0 and start[-1] == len(split.captions) and (np.diff(start) == 5).all()
+    img = load_image(split.image_path(0), 48)
+    assert img.dtype == torch.uint8 and img.shape == (3, 48, 48)
+
+
+def test_image_pairs_visit_each_image_once_with_one_of_its_captions():
+    start = np.array([0, 2, 5, 5, 6, 13])  # image 2 has no caption, image 4 has 7
+    sampler = PairBatchSampler(start, batch_size=2, pairs="image", seed=3)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 2
+    pairs = [p for b in batches for p in b]
+    assert sorted(i for i, _ in pairs) == [0, 1, 3, 4]
+    assert all(start[i] <= c < start[i + 1] for i, c in pairs)
+    assert list(sampler) == batches  # same epoch, same batches
+    epochs = []
+    for epoch in range(20):
+        sampler.set_epoch(epoch)
+        epochs.append(list(sampler))
+    assert len({str(e) for e in epochs}) > 1  # reshuffled and re-drawn per epoch
+
+
+def test_caption_pairs_visit_every_caption_once_and_never_repeat_an_image_in_a_batch():
+    rng = np.random.default_rng(0)
+    counts = rng.integers(1, 8, size=200)
+    start = np.concatenate([[0], np.cumsum(counts)])
+    sampler = PairBatchSampler(start, batch_size=16, pairs="caption", drop_last=False, seed=0)
+    batches = list(sampler)
+    assert len(batches) == len(sampler)
+    captions = Counter(c for b in batches for _, c in b)
+    assert sorted(captions) == list(range(start[-1])) and set(captions.values()) == {1}
+    for b in batches:
+        images = [i for i, _ in b]
+        assert len(images) == len(set(images))
+
+
+def test_first_pairs_for_evaluation_keep_order_and_mark_captionless_images():
+    start = np.array([0, 2, 2, 5])
+    sampler = PairBatchSampler(start, batch_size=2, pairs="first", shuffle=False, images=np.array([0, 1, 2]))
+    assert list(sampler) == [[(0, 0), (1, -1)], [(2, 2)]]
+
+
+def test_datamodule_batches_on_generated_data(demo_root, text_model, tmp_path):
+    dm = CocoRetrievalData(data_root=str(demo_root), text_model=text_model, max_length=32, cache_dir=str(tmp_path),
+                           image_size=32, batch_size=16, eval_batch_size=40, num_workers=0, val_images=50)
+    dm.prepare_data()
+    dm.setup("fit")
+    images, text, index = next(iter(dm.train_dataloader()))
+    assert images.shape == (16, 3, 32, 32) and images.dtype == torch.uint8
+    assert text.shape == (16, dm.embed_dim) and text.dtype == torch.float16
+    assert len(set(index.tolist())) == 16
+    assert torch.allclose(text.float().norm(dim=1), torch.ones(16), atol=1e-2)
+    assert len(dm.train_dataloader()) == 256 // 16
+    seen = torch.cat([b[2] for b in dm.val_dataloader()])
+    assert torch.equal(seen, torch.as_tensor(dm.eval_images("val"))) and len(seen) == 50
+    caption_emb, caption_image = dm.retrieval_targets("val")
+    assert len(caption_emb) == len(caption_image) == 250 and caption_image.max() == 49
+    assert len(dm.eval_images("test")) == 96
+    assert np.array_equal(dm.eval_images("val"), dm.eval_images("val"))  # fixed subset

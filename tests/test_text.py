@@ -1,0 +1,48 @@
+"""The frozen text tower: normalized, order- and batch-independent embeddings; clear errors when weights are absent."""
+
+import pytest
+import torch
+
+from clip_lab.errors import ClipLabError
+from clip_lab.text import TextEncoder, load_pretrained, text_embed_dim, text_model_fingerprint
+
+CAPTIONS = ["a red circle", "a small blue square on the left", "two shapes: a green cross and a black diamond",
+            "a circle", "a large yellow triangle next to a small white square"]
+
+
+def test_encode_is_normalized_and_independent_of_batching(text_model):
+    enc = TextEncoder(text_model, max_length=32)
+    together = enc.encode(CAPTIONS, batch_size=64)
+    one_by_one = torch.cat([enc.encode([c]) for c in CAPTIONS])
+    assert together.shape == (5, enc.dim) == (5, text_embed_dim(text_model))
+    assert torch.allclose(together.norm(dim=1), torch.ones(5), atol=1e-5)
+    # sorting by length and padding must not change any caption's embedding
+    assert torch.allclose(together, one_by_one, atol=1e-5)
+    assert torch.allclose(enc.encode(CAPTIONS[::-1], batch_size=2), together.flip(0), atol=1e-5)
+    # distinct captions give distinct embeddings (pooled at the end-of-text token, not the first token)
+    sim = together @ together.T
+    assert (sim - torch.eye(5)).max() < 0.999
+
+
+def test_encoder_is_frozen(text_model):
+    enc = TextEncoder(text_model).train()
+    assert not enc.model.training
+    assert not any(p.requires_grad for p in enc.parameters())
+
+
+def test_fingerprint_follows_the_weights(text_model, tmp_path):
+    fp = text_model_fingerprint(text_model)
+    assert fp == text_model_fingerprint(text_model) and fp.startswith("dir:")
+    assert text_model_fingerprint("no-such-org/no-such-model") == "hub:no-such-org/no-such-model@unknown"
+
+
+def test_unavailable_model_fails_fast_with_instructions(monkeypatch, tmp_path):
+    from transformers import AutoConfig
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(ClipLabError, match="not in the local Hugging Face cache.*hf download openai/clip-vit-base-patch32"):
+        load_pretrained(AutoConfig, "openai/clip-vit-base-patch32")
+    (tmp_path / "broken").mkdir()
+    with pytest.raises(ClipLabError, match="not a complete Hugging Face model directory"):
+        TextEncoder(str(tmp_path / "broken"))
