@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -70,11 +71,17 @@ class ClipLabCLI(LightningCLI):
 
 
 def main(argv: list[str] | None = None) -> ClipLabCLI:
-    return ClipLabCLI(
-        ClipLab,
-        CocoRetrievalData,
-        save_config_callback=SaveFitConfig,
-        save_config_kwargs={"overwrite": True},
-        args=argv,
-        auto_configure_optimizers=False,
-    )
+    with warnings.catch_warnings():
+        # main(argv) is called in-process by the demo and the tests; the CLI warns about that by default
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        # deprecations inside Lightning itself (with torch>=2.13 and jsonargparse>=4.49): nothing a user can act on
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+        warnings.filterwarnings("ignore", message=r".*skip_none parameter was deprecated")
+        return ClipLabCLI(
+            ClipLab,
+            CocoRetrievalData,
+            save_config_callback=SaveFitConfig,
+            save_config_kwargs={"overwrite": True},
+            args=argv,
+            auto_configure_optimizers=False,
+        )
