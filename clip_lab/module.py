@@ -34,6 +34,8 @@ class ClipLab(L.LightningModule):
         warmup_fraction: share of all optimizer steps spent on linear warmup before the cosine decay to zero.
         temperature: initial softmax temperature (CLIP's 0.07, a logit scale of ~14.3); learned from there.
         max_logit_scale: the logit scale (1 / temperature) is clamped at this value, as in CLIP.
+        compile: `torch.compile` the training forward pass (GPU: ~1.4x the images/s of ResNet50 after a minute or
+            two of compilation at the start of fit; evaluation stays eager).
     """
 
     def __init__(
@@ -48,6 +50,7 @@ class ClipLab(L.LightningModule):
         warmup_fraction: float = 0.05,
         temperature: float = 0.07,
         max_logit_scale: float = 100.0,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -55,6 +58,7 @@ class ClipLab(L.LightningModule):
         self.head = ProjectionHead(self.image_encoder.out_dim, embed_dim, head_hidden)
         self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / temperature)))
         self.loss = InfoNCE()
+        self._compiled_forward: Any = None  # set by to_fast_layout(compile=True); a function, not a submodule
         self._eval: list[tuple[Tensor, Tensor, Tensor]] = []
 
     def forward(self, images: Tensor) -> Tensor:
@@ -62,13 +66,24 @@ class ClipLab(L.LightningModule):
         return F.normalize(self.head(self.image_encoder(images)).float(), dim=-1)
 
     # -- training -----------------------------------------------------------------------------------------------------
-    def on_fit_start(self) -> None:
+    def to_fast_layout(self, compile: bool = False) -> None:
+        """On a GPU: channels_last weights (the layout Tensor Cores convolve fastest), and `torch.compile` if asked."""
         if self.device.type == "cuda":
             self.image_encoder.to(memory_format=torch.channels_last)
+        if compile:
+            self._compiled_forward = torch.compile(self.forward)
+
+    def on_fit_start(self) -> None:
+        self.to_fast_layout(self.hparams.compile)
+
+    def train_loss(self, images: Tensor, text: Tensor) -> tuple[Tensor, Tensor]:
+        """(InfoNCE loss, in-batch accuracy) of a batch: the whole training computation before backward."""
+        forward = self._compiled_forward or self.forward
+        return self.loss(forward(images), text, self.logit_scale.exp())
 
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
         images, text, _ = batch
-        loss, acc = self.loss(self(images), text, self.logit_scale.exp())
+        loss, acc = self.train_loss(images, text)
         # epoch-level logging accumulates on the device: no host sync per step
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log("train/acc", acc, on_step=False, on_epoch=True)
@@ -80,6 +95,20 @@ class ClipLab(L.LightningModule):
             self.logit_scale.clamp_(max=math.log(self.hparams.max_logit_scale))
 
     def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.build_optimizer()
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(self.hparams.warmup_fraction * total)
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def build_optimizer(self) -> torch.optim.AdamW:
+        """AdamW over four groups (backbone / head+temperature, with / without weight decay); fused on CUDA."""
         hp = self.hparams
         decay, no_decay, backbone_decay, backbone_no_decay = [], [], [], []
         for name, p in self.named_parameters():
@@ -96,18 +125,7 @@ class ClipLab(L.LightningModule):
             {"params": decay, "lr": hp.lr, "weight_decay": hp.weight_decay},
             {"params": no_decay, "lr": hp.lr, "weight_decay": 0.0},
         ]
-        fused = self.device.type == "cuda"
-        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], fused=fused)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(hp.warmup_fraction * total)
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return torch.optim.AdamW([g for g in groups if g["params"]], fused=self.device.type == "cuda")
 
     # -- evaluation ---------------------------------------------------------------------------------------------------
     def _eval_step(self, batch: tuple[Tensor, Tensor, Tensor]) -> None:
@@ -149,7 +167,7 @@ class ClipLab(L.LightningModule):
         self._eval_end("val")
 
     def on_test_start(self) -> None:
-        self.on_fit_start()
+        self.to_fast_layout()
 
     def test_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
         self._eval_step(batch)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from clip_lab.data.coco import check_coco_files, load_coco_split
-from clip_lab.data.datamodule import CocoRetrievalData, load_image
+from clip_lab.data.datamodule import CocoRetrievalData
 from clip_lab.data.sampling import PairBatchSampler
 from clip_lab.errors import ClipLabError
 
@@ -43,8 +43,6 @@ def test_load_split_groups_captions_by_image(demo_root):
         assert ann["image_id"] == split.image_ids[split.caption_image[j]]
     start = split.caption_start
     assert start[0] == 0 and start[-1] == len(split.captions) and (np.diff(start) == 5).all()
-    img = load_image(split.image_path(0), 48)
-    assert img.dtype == torch.uint8 and img.shape == (3, 48, 48)
 
 
 def test_image_pairs_visit_each_image_once_with_one_of_its_captions():
@@ -85,14 +83,27 @@ def test_first_pairs_for_evaluation_keep_order_and_mark_captionless_images():
 
 def test_datamodule_batches_on_generated_data(demo_root, text_model, tmp_path):
     dm = CocoRetrievalData(data_root=str(demo_root), text_model=text_model, max_length=32, cache_dir=str(tmp_path),
-                           image_size=32, batch_size=16, eval_batch_size=40, num_workers=0, val_images=50)
+                           image_size=32, cache_image_size=40, batch_size=16, eval_batch_size=40, num_workers=0,
+                           val_images=50)
     dm.prepare_data()
+    assert sorted(p.name for p in tmp_path.glob("images_*")) == [
+        "images_train2014_40.json", "images_train2014_40.npy", "images_val2014_40.json", "images_val2014_40.npy"]
     dm.setup("fit")
     images, text, index = next(iter(dm.train_dataloader()))
-    assert images.shape == (16, 3, 32, 32) and images.dtype == torch.uint8
+    # the loader gives stored pixels, NHWC uint8 as cached; the device-side hook makes the model's view
+    assert images.shape == (16, 40, 40, 3) and images.dtype == torch.uint8
     assert text.shape == (16, dm.embed_dim) and text.dtype == torch.float16
     assert len(set(index.tolist())) == 16
     assert torch.allclose(text.float().norm(dim=1), torch.ones(16), atol=1e-2)
+    # every row pairs an image with one of its own captions
+    split, emb = dm._split("train2014"), dm._embeddings("train2014")
+    start = split.caption_start
+    for row, i in enumerate(index.tolist()):
+        assert any(torch.equal(text[row], emb[c]) for c in range(start[i], start[i + 1]))
+    cache = np.load(tmp_path / "images_train2014_40.npy", mmap_mode="r")
+    assert torch.equal(images, torch.from_numpy(cache[index.numpy()]))
+    view = dm.on_after_batch_transfer((images, text, index), 0)[0]
+    assert view.shape == (16, 3, 32, 32) and torch.equal(view, images[:, 4:36, 4:36].permute(0, 3, 1, 2))
     assert len(dm.train_dataloader()) == 256 // 16
     seen = torch.cat([b[2] for b in dm.val_dataloader()])
     assert torch.equal(seen, torch.as_tensor(dm.eval_images("val"))) and len(seen) == 50
@@ -100,3 +111,8 @@ def test_datamodule_batches_on_generated_data(demo_root, text_model, tmp_path):
     assert len(caption_emb) == len(caption_image) == 250 and caption_image.max() == 49
     assert len(dm.eval_images("test")) == 96
     assert np.array_equal(dm.eval_images("val"), dm.eval_images("val"))  # fixed subset
+
+
+def test_datamodule_rejects_a_crop_larger_than_the_cache(demo_root, text_model, tmp_path):
+    with pytest.raises(ClipLabError, match="at most cache_image_size"):
+        CocoRetrievalData(data_root=str(demo_root), text_model=text_model, image_size=64, cache_image_size=48)

@@ -8,7 +8,6 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
@@ -19,40 +18,57 @@ from clip_lab.data.caption_cache import (
     expected_meta,
     load_caption_cache,
 )
+from clip_lab.augment import augment, center_crop
 from clip_lab.data.coco import CaptionedSplit, check_coco_files, load_coco_split
+from clip_lab.data import image_cache
 from clip_lab.data.sampling import Pairs, PairBatchSampler
+from clip_lab.errors import ClipLabError
 from clip_lab.text import DEFAULT_TEXT_MODEL, TextEncoder, text_embed_dim
 
 log = logging.getLogger(__name__)
 
 
-def load_image(path: Path, size: int) -> Tensor:
-    """Decode an image as RGB, resize its shorter side to `size` and centre-crop: uint8 `[3, size, size]`.
+class CachedPairs(Dataset):
+    """Batch `[(image_index, caption_index), ...]` -> (uint8 `[B, S, S, 3]` images, float16 embeddings, image indices).
 
-    `draft` lets libjpeg decode at 1/2, 1/4 or 1/8 scale when the image is much larger than `size`.
-    """
-    with Image.open(path) as img:
-        img.draft("RGB", (size, size))
-        img = ImageOps.fit(img.convert("RGB"), (size, size), Image.Resampling.BICUBIC)
-    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
-
-
-class PairDataset(Dataset):
-    """Item `(image_index, caption_index)` -> (uint8 image, float16 caption embedding, image_index).
-
-    A caption index of -1 (an image without captions) gives a zero embedding; evaluation masks those out.
+    Whole batches are gathered at once from the memory-mapped image cache (opened lazily in each worker process, so
+    nothing big is pickled and host memory stays bounded by the page cache). A caption index of -1 (an image without
+    captions) gives a zero embedding; evaluation masks those out.
     """
 
-    def __init__(self, split: CaptionedSplit, embeddings: Tensor, image_size: int) -> None:
-        self.split, self.embeddings, self.image_size = split, embeddings, image_size
+    def __init__(self, image_cache: Path, embeddings: Tensor) -> None:
+        self.image_cache, self.embeddings = image_cache, embeddings
+        self._images: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return len(self.split.image_ids)
+        return len(self.images)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, Tensor, int]:
-        image, caption = key
-        text = self.embeddings[caption] if caption >= 0 else self.embeddings.new_zeros(self.embeddings.shape[1])
-        return load_image(self.split.image_path(image), self.image_size), text, image
+    def __getstate__(self) -> dict:
+        return self.__dict__ | {"_images": None}  # spawned workers map the file themselves; never pickle pixels
+
+    @property
+    def images(self) -> np.ndarray:
+        if self._images is None:
+            self._images = np.load(self.image_cache, mmap_mode="r")
+        return self._images
+
+    def __getitems__(self, pairs: list[tuple[int, int]]) -> tuple[Tensor, Tensor, Tensor]:
+        pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+        pairs = pairs[np.argsort(pairs[:, 0], kind="stable")]  # read the cache in file order; pairs stay pairs
+        images = torch.empty((len(pairs), *self.images.shape[1:]), dtype=torch.uint8)
+        np.take(self.images, pairs[:, 0], axis=0, out=images.numpy())
+        captions = torch.from_numpy(pairs[:, 1])
+        text = self.embeddings[captions.clamp(min=0)]
+        text[captions < 0] = 0
+        return images, text, torch.from_numpy(pairs[:, 0])
+
+    def __getitem__(self, pair: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+        images, text, index = self.__getitems__([pair])
+        return images[0], text[0], index[0]
+
+
+def _whole_batch(batch: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    return batch  # `CachedPairs.__getitems__` already returns the collated batch
 
 
 class CocoRetrievalData(L.LightningDataModule):
@@ -64,9 +80,16 @@ class CocoRetrievalData(L.LightningDataModule):
         max_length: token limit of the text encoder (CLIP's context is 77).
         cache_dir: where the caption caches are written.
         image_size: side of the square crop the image encoder sees.
+        cache_image_size: side of the square images stored in the image cache; a little above `image_size`
+            (256 for 224: evaluation sees the standard 87.5% centre crop, training crops have room).
+        crop_scale: augmentation: random resized crop keeping an area fraction in `[crop_scale, 1]` of the stored
+            image (1.0: none; training sees the evaluation centre crop).
+        flip: augmentation: probability of a horizontal flip.
+        jitter: augmentation: brightness/contrast/saturation factors drawn from `[1 - jitter, 1 + jitter]`.
         batch_size: training batch; InfoNCE sees batch_size - 1 negatives per pair.
         eval_batch_size: images per batch when embedding the validation/test gallery.
-        num_workers: DataLoader worker processes decoding images.
+        num_workers: DataLoader worker processes gathering batches from the image cache (and CPU decoders when it
+            is built without a GPU).
         pairs: "image" (each image once per epoch, a random caption) or "caption" (each caption once per epoch).
         val_images: size of the fixed validation subset of `test_split` (0 or more than the split: all of it).
         seed: seeds the validation subset and the per-epoch shuffles.
@@ -80,6 +103,10 @@ class CocoRetrievalData(L.LightningDataModule):
         max_length: int = 77,
         cache_dir: str = "cache",
         image_size: int = 224,
+        cache_image_size: int = 256,
+        crop_scale: float = 1.0,
+        flip: float = 0.0,
+        jitter: float = 0.0,
         batch_size: int = 256,
         eval_batch_size: int = 512,
         num_workers: int = 8,
@@ -92,6 +119,10 @@ class CocoRetrievalData(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if not 0 < image_size <= cache_image_size:
+            raise ClipLabError(f"image_size {image_size} must be positive and at most cache_image_size {cache_image_size}")
+        if not (0 < crop_scale <= 1 and 0 <= flip <= 1 and 0 <= jitter < 1):
+            raise ClipLabError("augmentation out of range: need 0 < crop_scale <= 1, 0 <= flip <= 1, 0 <= jitter < 1")
         check_coco_files(data_root, [train_split, test_split])  # fail before any work
         self.embed_dim = text_embed_dim(text_model)  # also fails fast when the text model cannot be found
         self.splits: dict[str, CaptionedSplit] = {}
@@ -111,10 +142,16 @@ class CocoRetrievalData(L.LightningDataModule):
         )
 
     def prepare_data(self) -> None:
-        """Build the caption cache of each split that has none or a stale one (one process; the text model once)."""
+        """Build the caption and image caches of each split that has none or a stale one (runs in one process)."""
         hp = self.hparams
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        splits = list(dict.fromkeys([hp.train_split, hp.test_split]))
+        for name in splits:
+            if image_cache.open_image_cache(hp.cache_dir, self._split(name), hp.cache_image_size) is None:
+                image_cache.build_image_cache(hp.cache_dir, self._split(name), hp.cache_image_size, device,
+                                              hp.num_workers)
         encoder = None
-        for name in dict.fromkeys([hp.train_split, hp.test_split]):
+        for name in splits:
             path, meta = self._cache(name)
             if load_caption_cache(path, meta, self._split(name)) is not None:
                 continue
@@ -152,10 +189,15 @@ class CocoRetrievalData(L.LightningDataModule):
 
     # -- loaders ------------------------------------------------------------------------------------------------------
     def _loader(self, name: str, sampler: PairBatchSampler) -> DataLoader:
-        workers = self.hparams.num_workers
+        hp = self.hparams
+        if image_cache.open_image_cache(hp.cache_dir, self._split(name), hp.cache_image_size) is None:
+            raise RuntimeError(f"the image cache of {name} is missing or stale: prepare_data should have built it")
+        path, _ = image_cache.image_cache_paths(hp.cache_dir, name, hp.cache_image_size)
+        workers = hp.num_workers
         return DataLoader(
-            PairDataset(self._split(name), self._embeddings(name), self.hparams.image_size),
+            CachedPairs(path, self._embeddings(name)),
             batch_sampler=sampler,
+            collate_fn=_whole_batch,
             num_workers=workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=workers > 0,
@@ -180,3 +222,13 @@ class CocoRetrievalData(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
+
+    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor, Tensor], dataloader_idx: int) -> tuple:
+        """On the device: random views for training, the centre crop for evaluation (uint8 NHWC -> NCHW)."""
+        images, text, index = batch
+        hp = self.hparams
+        if self.trainer is not None and self.trainer.training:
+            images = augment(images, hp.image_size, hp.crop_scale, hp.flip, hp.jitter)
+        else:
+            images = center_crop(images, hp.image_size)
+        return images, text, index

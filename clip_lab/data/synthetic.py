@@ -8,6 +8,7 @@ word-level tokenizer: the demo loads it through the same `from_pretrained` path 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import random
 import shutil
 from pathlib import Path
@@ -54,13 +55,13 @@ def _captions(objects: list[dict]) -> list[str]:
             f"a {a['size']} {a['color']} {a['shape']} next to a {b['size']} {b['color']} {b['shape']}"]
 
 
-def _image(rng: random.Random) -> tuple[Image.Image, list[dict]]:
-    w, h = rng.randint(100, 200), rng.randint(100, 200)
+def _spec(rng: random.Random, sides: tuple[int, int]) -> dict:
+    """Draw one image's content (size, background, objects, JPEG quality); rendering is separate so it can run
+    in parallel while the draws stay one sequential, seeded stream."""
+    w, h = rng.randint(*sides), rng.randint(*sides)
     side = min(w, h)  # shapes stay in the central square, which survives a centre crop
     x0, y0 = (w - side) / 2, (h - side) / 2
     background = tuple(rng.randint(90, 170) for _ in range(3))
-    img = Image.new("RGB", (w, h), background)
-    draw = ImageDraw.Draw(img)
     n = rng.choice((1, 2))
     if n == 1:
         slots = [rng.choice([("left", 0.3), ("middle", 0.5), ("right", 0.7)])]
@@ -71,25 +72,45 @@ def _image(rng: random.Random) -> tuple[Image.Image, list[dict]]:
         color, shape, size = rng.choice(list(COLORS)), rng.choice(SHAPES), rng.choice(list(SIZES))
         r = SIZES[size] * side / (2 if n == 2 else 1.6)
         cx, cy = x0 + fx * side + rng.uniform(-0.04, 0.04) * side, y0 + rng.uniform(0.4, 0.6) * side
-        _draw(draw, shape, cx, cy, r, COLORS[color])
-        objects.append({"color": color, "shape": shape, "size": size, "position": position})
-    return img, objects
+        objects.append({"color": color, "shape": shape, "size": size, "position": position, "xyr": (cx, cy, r)})
+    return {"w": w, "h": h, "background": background, "objects": objects, "quality": rng.randint(80, 95)}
 
 
-def make_split(root: Path, split: str, n_images: int, seed: int, first_image_id: int, first_ann_id: int) -> None:
-    """Write `root/<split>/*.jpg` and `root/annotations/captions_<split>.json` in the official COCO 2014 format."""
+def _render(task: tuple[dict, str]) -> None:
+    spec, path = task
+    img = Image.new("RGB", (spec["w"], spec["h"]), spec["background"])
+    draw = ImageDraw.Draw(img)
+    for o in spec["objects"]:
+        _draw(draw, o["shape"], *o["xyr"], COLORS[o["color"]])
+    img.save(path, quality=spec["quality"])
+
+
+def make_split(root: Path, split: str, n_images: int, seed: int, first_image_id: int, first_ann_id: int,
+               sides: tuple[int, int] = (100, 200), workers: int = 1) -> None:
+    """Write `root/<split>/*.jpg` and `root/annotations/captions_<split>.json` in the official COCO 2014 format.
+
+    Image sides are drawn from `sides`; `workers` processes render and encode the JPEGs (the content depends on
+    `seed` alone).
+    """
     rng = random.Random(seed)
     (root / split).mkdir(parents=True, exist_ok=True)
-    images, annotations = [], []
+    images, annotations, tasks = [], [], []
     for k in range(n_images):
         image_id = first_image_id + k
-        img, objects = _image(rng)
+        spec = _spec(rng, sides)
         file_name = f"COCO_{split}_{image_id:012d}.jpg"
-        img.save(root / split / file_name, quality=rng.randint(80, 95))
-        images.append({"id": image_id, "file_name": file_name, "width": img.width, "height": img.height,
-                       "demo_shapes": [o["shape"] for o in objects]})
-        for caption in _captions(objects):
+        tasks.append((spec, str(root / split / file_name)))
+        images.append({"id": image_id, "file_name": file_name, "width": spec["w"], "height": spec["h"],
+                       "demo_shapes": [o["shape"] for o in spec["objects"]]})
+        for caption in _captions(spec["objects"]):
             annotations.append({"id": first_ann_id + len(annotations), "image_id": image_id, "caption": caption})
+    if workers > 1:
+        with multiprocessing.get_context().Pool(workers) as pool:
+            for _ in pool.imap_unordered(_render, tasks, chunksize=64):
+                pass
+    else:
+        for task in tasks:
+            _render(task)
     (root / "annotations").mkdir(exist_ok=True)
     info = {"description": "clip_lab generated demo data in COCO 2014 captions format", "version": "1.0"}
     payload = {"info": info, "licenses": [], "images": images, "annotations": annotations}

@@ -1,0 +1,210 @@
+"""The image cache: every image of a split decoded once, centre-square cropped and resized into one uint8 memmap.
+
+Layout: `images_<split>_<size>.npy`, a `[n_images, size, size, 3]` uint8 RGB array (NHWC: permuted to NCHW on the
+GPU it is channels_last for free), and `images_<split>_<size>.json` beside it holding what the pixels depend on.
+Both paths decode the same way: the image's central square (the region a centre crop keeps), resized with an
+antialiased bilinear filter. On a GPU the JPEGs are decoded by nvJPEG in batches; otherwise by PIL in a process pool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from clip_lab.data.coco import CaptionedSplit
+from clip_lab.errors import ClipLabError
+from clip_lab.files import atomic_path, save_json, sha256_file
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1  # bump when the layout or the resizing changes
+CHUNK = 256  # images per decode batch / pool task
+
+
+def image_cache_paths(cache_dir: str | Path, split: str, size: int) -> tuple[Path, Path]:
+    """(pixels `.npy`, metadata `.json`) of a split's cache at `size`."""
+    stem = Path(cache_dir) / f"images_{split}_{size}"
+    return stem.with_suffix(".npy"), stem.with_suffix(".json")
+
+
+def expected_meta(split: CaptionedSplit, size: int) -> dict[str, Any]:
+    """Everything the cached pixels depend on; a cache whose metadata differs is stale and gets rebuilt."""
+    return {
+        "version": CACHE_VERSION,
+        "split": split.name,
+        "annotation_sha256": sha256_file(split.annotation_file),
+        "image_list_sha256": hashlib.sha256("\n".join(split.file_names).encode()).hexdigest(),
+        "n_images": len(split.file_names),
+        "size": size,
+        "layout": "NHWC uint8 RGB; central square, antialiased bilinear resize",
+    }
+
+
+def open_image_cache(cache_dir: str | Path, split: CaptionedSplit, size: int) -> np.ndarray | None:
+    """The split's cache memory-mapped read-only if it matches the split and `size`; None (and why, logged) if not."""
+    data, meta_file = image_cache_paths(cache_dir, split.name, size)
+    if not (data.is_file() and meta_file.is_file()):
+        return None
+    try:
+        stored = json.loads(meta_file.read_text())
+    except (OSError, ValueError) as e:
+        log.warning("image cache metadata %s is unreadable (%s); rebuilding the cache", meta_file, e)
+        return None
+    meta = expected_meta(split, size)
+    diff = sorted(k for k in meta if stored.get(k) != meta[k])
+    if diff:
+        log.warning("image cache %s is stale (%s changed); rebuilding it", data, ", ".join(diff))
+        return None
+    try:
+        images = np.load(data, mmap_mode="r")
+    except (OSError, ValueError) as e:
+        log.warning("image cache %s is unreadable (%s); rebuilding it", data, e)
+        return None
+    if images.shape != (meta["n_images"], size, size, 3) or images.dtype != np.uint8:
+        log.warning("image cache %s has shape %s, expected %s; rebuilding it", data, images.shape,
+                    (meta["n_images"], size, size, 3))
+        return None
+    return images
+
+
+def decode_pil(path: str | Path, size: int) -> np.ndarray:
+    """One image -> `[size, size, 3]` uint8: central square, antialiased bilinear resize (the CPU path)."""
+    try:
+        with Image.open(path) as img:
+            img.draft("RGB", (size, size))  # lets libjpeg decode at 1/2, 1/4, 1/8 scale when that stays >= size
+            img = img.convert("RGB")
+            w, h = img.size
+            side = min(w, h)
+            box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
+            # crop first: resize(box=...) would let the filter reach past the square, unlike the GPU path
+            img = img.crop(box).resize((size, size), Image.Resampling.BILINEAR)
+            return np.asarray(img)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ClipLabError(f"cannot decode image {path} ({type(e).__name__}: {e}); replace it with the "
+                           "official file or remove its entry from the captions json") from e
+
+
+def build_image_cache(
+    cache_dir: str | Path, split: CaptionedSplit, size: int, device: str | torch.device = "cpu", workers: int = 8
+) -> np.ndarray:
+    """Decode every image of `split` into the cache (atomically) and return it memory-mapped read-only."""
+    data, meta_file = image_cache_paths(cache_dir, split.name, size)
+    meta = expected_meta(split, size)
+    files = [str(split.image_path(i)) for i in range(len(split.file_names))]
+    device = torch.device(device)
+    t0 = time.perf_counter()
+    with atomic_path(data) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), size, size, 3))
+        del out  # each writer opens its own view of the file; this one only sized it
+        with _progress(len(files), f"image cache {split.name} ({size}px, {device.type})") as bar:
+            if device.type == "cuda":
+                _fill_gpu(tmp, files, size, device, bar, readers=max(1, workers))
+            else:
+                _fill_cpu(tmp, files, size, bar, workers=max(1, min(workers, os.cpu_count() or 1)))
+        meta_file.unlink(missing_ok=True)  # data and metadata are two renames: never leave old metadata on new pixels
+    save_json(meta, meta_file)
+    dt = time.perf_counter() - t0
+    log.info("image cache %s: %d images in %.1f s (%.0f images/s)", data, len(files), dt, len(files) / max(dt, 1e-9))
+    return np.load(data, mmap_mode="r")
+
+
+def _progress(total: int, desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", disable=None, smoothing=0.1)
+
+
+# -- CPU: a process pool, each worker decoding with PIL and writing its rows straight into the memmap --------------
+_OUT: np.ndarray | None = None
+
+
+def _pool_init(path: str) -> None:
+    global _OUT
+    _OUT = np.load(path, mmap_mode="r+")
+
+
+def _pool_task(task: tuple[int, list[str], int]) -> int:
+    start, files, size = task
+    for k, f in enumerate(files):
+        _OUT[start + k] = decode_pil(f, size)
+    _OUT.flush()
+    return len(files)
+
+
+def _fill_cpu(path: Path, files: list[str], size: int, bar: Any, workers: int) -> None:
+    tasks = [(s, files[s : s + CHUNK], size) for s in range(0, len(files), CHUNK)]
+    if workers == 1:
+        _pool_init(str(path))
+        for t in tasks:
+            bar.update(_pool_task(t))
+        return
+    with multiprocessing.get_context().Pool(workers, initializer=_pool_init, initargs=(str(path),)) as pool:
+        for n in pool.imap_unordered(_pool_task, tasks):
+            bar.update(n)
+
+
+# -- GPU: threads read the files, nvJPEG decodes a chunk at a time, resizing is batched by crop size ---------------
+def _fill_gpu(path: Path, files: list[str], size: int, device: torch.device, bar: Any, readers: int) -> None:
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    out = np.load(path, mmap_mode="r+")
+    pinned = torch.empty((CHUNK, size, size, 3), dtype=torch.uint8).pin_memory()
+    n_pil = 0
+
+    def read(chunk: list[str]) -> list[torch.Tensor]:
+        return [torch.frombuffer(bytearray(Path(f).read_bytes()), dtype=torch.uint8) for f in chunk]
+
+    chunks = [files[s : s + CHUNK] for s in range(0, len(files), CHUNK)]
+    with ThreadPoolExecutor(readers) as pool:
+        pending = [pool.submit(read, c) for c in chunks[:2]]  # read ahead while the GPU decodes
+        for i, chunk in enumerate(chunks):
+            raw = pending.pop(0).result()
+            if i + 2 < len(chunks):
+                pending.append(pool.submit(read, chunks[i + 2]))
+            try:
+                decoded = decode_jpeg(raw, mode=ImageReadMode.RGB, device=device)
+            except RuntimeError:  # one image nvJPEG cannot take (CMYK, PNG named .jpg...) fails the whole batch
+                decoded = []
+                for f, r in zip(chunk, raw):
+                    try:
+                        decoded.append(decode_jpeg(r, mode=ImageReadMode.RGB, device=device))
+                    except RuntimeError:
+                        decoded.append(None)  # decoded by PIL below
+            squares = torch.empty((len(chunk), size, size, 3), dtype=torch.uint8, device=device)
+            by_side: dict[int, list[int]] = {}
+            for k, img in enumerate(decoded):
+                if img is None:
+                    squares[k] = torch.from_numpy(decode_pil(chunk[k], size)).to(device)
+                    n_pil += 1
+                else:
+                    by_side.setdefault(min(img.shape[-2:]), []).append(k)
+            for side, ks in by_side.items():  # COCO: nearly all 640x480 or 480x640, one group of 480x480 squares
+                crops = torch.stack([_central_square(decoded[k], side) for k in ks]).float()
+                resized = F.interpolate(crops, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+                squares[ks] = resized.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+            host = pinned[: len(chunk)]
+            host.copy_(squares)
+            start = i * CHUNK
+            out[start : start + len(chunk)] = host.numpy()
+            bar.update(len(chunk))
+    out.flush()
+    if n_pil:
+        log.info("image cache: %d images nvJPEG could not decode were decoded by PIL", n_pil)
+
+
+def _central_square(img: torch.Tensor, side: int) -> torch.Tensor:
+    h, w = img.shape[-2:]
+    top, left = (h - side) // 2, (w - side) // 2
+    return img[:, top : top + side, left : left + side]

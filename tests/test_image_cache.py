@@ -1,0 +1,87 @@
+"""The image cache: pixels equal the reference decode, metadata round trip, staleness, bad images, atomic writes."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clip_lab.data import image_cache
+from clip_lab.data.coco import load_coco_split
+from clip_lab.errors import ClipLabError
+
+
+def test_central_square_is_resized(tmp_path):
+    img = np.zeros((40, 60, 3), np.uint8)
+    img[:, :10] = img[:, 50:] = (255, 0, 0)  # side bands that the central square drops
+    img[:, 10:50] = (0, 0, 255)
+    Image.fromarray(img).save(tmp_path / "wide.png")
+    out = image_cache.decode_pil(tmp_path / "wide.png", 20)
+    assert out.shape == (20, 20, 3) and out.dtype == np.uint8
+    assert (out == (0, 0, 255)).all()
+
+
+def test_cache_holds_each_image_decoded_once_in_split_order(demo_root, tmp_path):
+    split = load_coco_split(demo_root, "val2014")
+    images = image_cache.build_image_cache(tmp_path, split, 40, "cpu", workers=2)
+    assert images.shape == (96, 40, 40, 3) and images.dtype == np.uint8 and not images.flags.writeable
+    for i in (0, 37, 95):
+        assert np.array_equal(images[i], image_cache.decode_pil(split.image_path(i), 40))
+    reopened = image_cache.open_image_cache(tmp_path, split, 40)
+    assert reopened is not None and np.array_equal(np.asarray(reopened), np.asarray(images))
+    meta = json.loads((tmp_path / "images_val2014_40.json").read_text())
+    assert meta == image_cache.expected_meta(split, 40)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images_val2014_40.json", "images_val2014_40.npy"]
+    assert image_cache.open_image_cache(tmp_path, split, 48) is None  # another resolution is another cache
+    serial = image_cache.build_image_cache(tmp_path / "serial", split, 40, "cpu", workers=1)
+    assert np.array_equal(np.asarray(serial), np.asarray(images))
+
+
+def test_changed_annotations_or_damaged_files_make_the_cache_stale(demo_root, tmp_path, caplog):
+    root = tmp_path / "coco"
+    shutil.copytree(demo_root, root)
+    split = load_coco_split(root, "val2014")
+    cache = tmp_path / "cache"
+    image_cache.build_image_cache(cache, split, 32, "cpu", workers=1)
+    assert image_cache.open_image_cache(cache, split, 32) is not None
+
+    ann = root / "annotations" / "captions_val2014.json"
+    raw = json.loads(ann.read_text())
+    raw["images"] = raw["images"][:-1]
+    raw["annotations"] = [a for a in raw["annotations"] if a["image_id"] != raw["images"][-1]["id"] + 1]
+    ann.write_text(json.dumps(raw))
+    changed = load_coco_split(root, "val2014")
+    assert image_cache.open_image_cache(cache, changed, 32) is None
+    assert "annotation_sha256" in caplog.text and "image_list_sha256" in caplog.text and "n_images" in caplog.text
+
+    image_cache.build_image_cache(cache, changed, 32, "cpu", workers=1)
+    assert image_cache.open_image_cache(cache, changed, 32).shape[0] == len(changed.file_names) == 95
+    (cache / "images_val2014_32.json").write_text("{not json")
+    assert image_cache.open_image_cache(cache, changed, 32) is None
+    image_cache.build_image_cache(cache, changed, 32, "cpu", workers=1)
+    npy = cache / "images_val2014_32.npy"
+    npy.write_bytes(npy.read_bytes()[: npy.stat().st_size // 2])  # truncated pixels, metadata intact
+    assert image_cache.open_image_cache(cache, changed, 32) is None
+
+
+def test_an_undecodable_image_names_the_file_and_leaves_no_cache(demo_root, tmp_path):
+    root = tmp_path / "coco"
+    shutil.copytree(demo_root, root)
+    split = load_coco_split(root, "val2014")
+    bad = split.image_path(5)
+    bad.write_bytes(b"this is not a jpeg")
+    cache = tmp_path / "cache"
+    with pytest.raises(ClipLabError, match=str(bad)):
+        image_cache.build_image_cache(cache, split, 32, "cpu", workers=2)
+    assert list(cache.iterdir()) == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (nvJPEG)")
+def test_gpu_decoding_matches_the_cpu_path(demo_root, tmp_path):
+    split = load_coco_split(demo_root, "val2014")
+    gpu = image_cache.build_image_cache(tmp_path / "gpu", split, 64, "cuda")
+    cpu = image_cache.build_image_cache(tmp_path / "cpu", split, 64, "cpu", workers=2)
+    diff = np.abs(np.asarray(gpu).astype(np.int16) - np.asarray(cpu).astype(np.int16))
+    assert diff.mean() < 1.5 and np.percentile(diff, 99) <= 12  # two JPEG decoders' IDCTs, same resize
