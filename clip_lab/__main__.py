@@ -1,4 +1,4 @@
-"""`python -m clip_lab <job>`: fit / validate / test through LightningCLI, demo as its own small job."""
+"""`python -m clip_lab <job>`: fit / validate / test through LightningCLI; demo and bench as their own small jobs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from importlib import import_module
 
 from clip_lab.errors import ClipLabError
 
-JOBS = {"demo": "clip_lab.demo"}  # jobs beside LightningCLI's fit/validate/test, each a module with main(argv)
+JOBS = {"demo": "clip_lab.demo", "bench": "clip_lab.bench"}  # jobs beside LightningCLI's fit/validate/test, each a module with main(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     t0 = time.perf_counter()
-    make_demo_dataset(args.data, args.n_train, args.n_val)
+    make_demo_dataset(args.data, args.n_train, args.n_val, workers=os.cpu_count() or 1)
     run_dir = Path(args.results_dir) / args.run
     shutil.rmtree(run_dir, ignore_errors=True)  # the demo owns its run folder
     common = ["--run", args.run, "--results_dir", args.results_dir,

@@ -69,7 +69,7 @@ class ClipLab(L.LightningModule):
     def to_fast_layout(self, compile: bool = False) -> None:
         """On a GPU: channels_last weights (the layout Tensor Cores convolve fastest), and `torch.compile` if asked."""
         if self.device.type == "cuda":
-            self.image_encoder.to(memory_format=torch.channels_last)
+            self.image_encoder.use_channels_last()
         if compile:
             self._compiled_forward = torch.compile(self.forward)
 

@@ -147,21 +147,33 @@ def make_text_model(path: Path, seed: int = 0, width: int = 128, layers: int = 2
     tokenizer.save_pretrained(path)
 
 
-def make_demo_dataset(root: str | Path, n_train: int = 2000, n_val: int = 400, seed: int = 0) -> Path:
+def make_demo_dataset(
+    root: str | Path,
+    n_train: int = 2000,
+    n_val: int = 400,
+    seed: int = 0,
+    sides: tuple[int, int] = (100, 200),
+    projection_dim: int = 128,
+    workers: int = 1,
+) -> Path:
     """Generate the demo dataset under `root` (once: a finished dataset is reused) and return `root`.
 
-    Writes into a temporary folder renamed into place at the end, so an interrupted run leaves nothing half-made.
+    `sides` bounds the images' width and height (the benchmark asks for COCO's ~640x480), `projection_dim` is the
+    text embedding width, `workers` processes encode the JPEGs. Writes into a temporary folder renamed into place at
+    the end, so an interrupted run leaves nothing half-made.
     """
     root = Path(root)
     done = root / "DONE.json"
-    spec = {"n_train": n_train, "n_val": n_val, "seed": seed, "format": 1}
+    spec = {"n_train": n_train, "n_val": n_val, "seed": seed, "sides": list(sides), "projection_dim": projection_dim,
+            "format": 1}
     if done.is_file() and json.loads(done.read_text()) == spec:
         return root
     tmp = root.with_name(root.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    make_split(tmp, "train2014", n_train, seed, first_image_id=1, first_ann_id=1)
-    make_split(tmp, "val2014", n_val, seed + 1, first_image_id=1_000_001, first_ann_id=10_000_001)
-    make_text_model(tmp / "clip_text_tiny", seed=seed)
+    make_split(tmp, "train2014", n_train, seed, first_image_id=1, first_ann_id=1, sides=sides, workers=workers)
+    make_split(tmp, "val2014", n_val, seed + 1, first_image_id=1_000_001, first_ann_id=10_000_001, sides=sides,
+               workers=workers)
+    make_text_model(tmp / "clip_text_tiny", seed=seed, projection_dim=projection_dim)
     (tmp / "DONE.json").write_text(json.dumps(spec))
     shutil.rmtree(root, ignore_errors=True)
     tmp.rename(root)
