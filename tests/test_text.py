@@ -24,6 +24,21 @@ def test_encode_is_normalized_and_independent_of_batching(text_model):
     assert (sim - torch.eye(5)).max() < 0.999
 
 
+def test_fast_tokenization_equals_the_hugging_face_call(text_model, tmp_path):
+    from clip_lab.bench import coco_like_captions, make_clip_text_model
+
+    long = " ".join(["a red circle and"] * 30)  # past every max_length: truncation must keep the end token
+    bpe = tmp_path / "bpe"
+    make_clip_text_model(bpe, coco_like_captions(500), small=True)
+    for model, max_length in ((text_model, 32), (text_model, 8), (str(bpe), 77), (str(bpe), 10)):
+        enc = TextEncoder(model, max_length=max_length)
+        texts = CAPTIONS + [long, "", "UPPER case, punctuation!"] + coco_like_captions(50, seed=1)
+        expected = enc.tokenizer(texts, truncation=True, max_length=enc.max_length)["input_ids"]
+        assert enc._backend is not None and enc.tokenize(texts) == expected
+        assert max(map(len, expected)) == enc.max_length
+    assert enc.encode([]).shape == (0, enc.dim)
+
+
 def test_encoder_is_frozen(text_model):
     enc = TextEncoder(text_model).train()
     assert not enc.model.training

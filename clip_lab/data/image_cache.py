@@ -139,7 +139,6 @@ def _pool_task(task: tuple[int, list[str], int]) -> int:
     start, files, size = task
     for k, f in enumerate(files):
         _OUT[start + k] = decode_pil(f, size)
-    _OUT.flush()
     return len(files)
 
 
@@ -155,53 +154,77 @@ def _fill_cpu(path: Path, files: list[str], size: int, bar: Any, workers: int) -
             bar.update(n)
 
 
-# -- GPU: threads read the files, nvJPEG decodes a chunk at a time, resizing is batched by crop size ---------------
+# -- GPU: threads read the files ahead, nvJPEG decodes a chunk at a time, resizing is batched by crop size, and a
+#    writer thread puts each finished chunk into the file while the GPU decodes the next --------------------------
 def _fill_gpu(path: Path, files: list[str], size: int, device: torch.device, bar: Any, readers: int) -> None:
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    out = np.load(path, mmap_mode="r+")
-    pinned = torch.empty((CHUNK, size, size, 3), dtype=torch.uint8).pin_memory()
+    offset = np.load(path, mmap_mode="r").offset  # pixels start after the .npy header
+    row_bytes = size * size * 3
+    pinned = device.type == "cuda"
+    buffers = [torch.empty((CHUNK, size, size, 3), dtype=torch.uint8, pin_memory=pinned) for _ in range(2)]
     n_pil = 0
 
     def read(chunk: list[str]) -> list[torch.Tensor]:
         return [torch.frombuffer(bytearray(Path(f).read_bytes()), dtype=torch.uint8) for f in chunk]
 
+    def decode(chunk: list[str], raw: list[torch.Tensor]) -> list[torch.Tensor | None]:
+        try:
+            return decode_jpeg(raw, mode=ImageReadMode.RGB, device=device)
+        except RuntimeError:  # one image nvJPEG cannot take (CMYK, PNG named .jpg...) fails the whole batch
+            decoded: list[torch.Tensor | None] = []
+            for r in raw:
+                try:
+                    decoded.append(decode_jpeg(r, mode=ImageReadMode.RGB, device=device))
+                except RuntimeError:
+                    decoded.append(None)  # PIL decodes it below
+            return decoded
+
     chunks = [files[s : s + CHUNK] for s in range(0, len(files), CHUNK)]
-    with ThreadPoolExecutor(readers) as pool:
-        pending = [pool.submit(read, c) for c in chunks[:2]]  # read ahead while the GPU decodes
-        for i, chunk in enumerate(chunks):
-            raw = pending.pop(0).result()
-            if i + 2 < len(chunks):
-                pending.append(pool.submit(read, chunks[i + 2]))
-            try:
-                decoded = decode_jpeg(raw, mode=ImageReadMode.RGB, device=device)
-            except RuntimeError:  # one image nvJPEG cannot take (CMYK, PNG named .jpg...) fails the whole batch
-                decoded = []
-                for f, r in zip(chunk, raw):
-                    try:
-                        decoded.append(decode_jpeg(r, mode=ImageReadMode.RGB, device=device))
-                    except RuntimeError:
-                        decoded.append(None)  # decoded by PIL below
-            squares = torch.empty((len(chunk), size, size, 3), dtype=torch.uint8, device=device)
-            by_side: dict[int, list[int]] = {}
-            for k, img in enumerate(decoded):
-                if img is None:
-                    squares[k] = torch.from_numpy(decode_pil(chunk[k], size)).to(device)
-                    n_pil += 1
-                else:
-                    by_side.setdefault(min(img.shape[-2:]), []).append(k)
-            for side, ks in by_side.items():  # COCO: nearly all 640x480 or 480x640, one group of 480x480 squares
-                crops = torch.stack([_central_square(decoded[k], side) for k in ks]).float()
-                resized = F.interpolate(crops, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-                squares[ks] = resized.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-            host = pinned[: len(chunk)]
-            host.copy_(squares)
-            start = i * CHUNK
-            out[start : start + len(chunk)] = host.numpy()
-            bar.update(len(chunk))
-    out.flush()
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        with ThreadPoolExecutor(readers) as pool, ThreadPoolExecutor(1) as writer:
+            pending = [pool.submit(read, c) for c in chunks[:2]]
+            writes: list[Any] = [None, None]
+            for i, chunk in enumerate(chunks):
+                raw = pending.pop(0).result()
+                if i + 2 < len(chunks):
+                    pending.append(pool.submit(read, chunks[i + 2]))
+                decoded = decode(chunk, raw)
+                squares = torch.empty((len(chunk), size, size, 3), dtype=torch.uint8, device=device)
+                by_side: dict[int, list[int]] = {}
+                for k, img in enumerate(decoded):
+                    if img is None:
+                        squares[k] = torch.from_numpy(decode_pil(chunk[k], size)).to(device)
+                        n_pil += 1
+                    else:
+                        by_side.setdefault(min(img.shape[-2:]), []).append(k)
+                for side, ks in by_side.items():  # COCO: nearly all 640x480 / 480x640 -> one group of 480x480
+                    crops = torch.stack([_central_square(decoded[k], side) for k in ks]).float()
+                    resized = F.interpolate(crops, size=(size, size), mode="bilinear", antialias=True,
+                                            align_corners=False)
+                    squares[ks] = resized.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+                slot = i % 2
+                if writes[slot] is not None:
+                    writes[slot].result()  # this pinned buffer's previous chunk is on disk
+                host = buffers[slot][: len(chunk)]
+                host.copy_(squares)
+                writes[slot] = writer.submit(_pwrite, fd, host, offset + i * CHUNK * row_bytes)
+                bar.update(len(chunk))
+            for w in writes:
+                if w is not None:
+                    w.result()
+    finally:
+        os.close(fd)
     if n_pil:
         log.info("image cache: %d images nvJPEG could not decode were decoded by PIL", n_pil)
+
+
+def _pwrite(fd: int, data: torch.Tensor, offset: int) -> None:
+    view = memoryview(data.numpy()).cast("B")
+    while view:  # pwrite may write less than asked
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
 
 
 def _central_square(img: torch.Tensor, side: int) -> torch.Tensor:

@@ -12,6 +12,7 @@ import multiprocessing
 import random
 import shutil
 from pathlib import Path
+from typing import Sequence
 
 from PIL import Image, ImageDraw
 
@@ -22,6 +23,8 @@ COLORS = {
 SHAPES = ("circle", "square", "triangle", "diamond", "cross")
 SIZES = {"small": 0.22, "large": 0.38}  # shape size as a fraction of the image's shorter side
 SPECIAL = ("<pad>", "<unk>", "<bos>", "<eos>")  # ids 0-3; eos != 2 so CLIP pools at the eos token, not argmax(ids)
+# COCO 2014's common image sizes, repeated roughly in proportion (most are 640 wide with a 480 or ~427 high side)
+COCO_SIZES = ((640, 480),) * 10 + ((480, 640),) * 3 + ((640, 427),) * 4 + ((427, 640),) + ((640, 425),) + ((500, 375),)
 TEMPLATE_WORDS = ("a an the of on to in and one two next picture photo shapes shape that is left right middle "
                   "plain background side centre").split()
 
@@ -55,10 +58,10 @@ def _captions(objects: list[dict]) -> list[str]:
             f"a {a['size']} {a['color']} {a['shape']} next to a {b['size']} {b['color']} {b['shape']}"]
 
 
-def _spec(rng: random.Random, sides: tuple[int, int]) -> dict:
+def _spec(rng: random.Random, sides: tuple[int, int], sizes: Sequence[tuple[int, int]] | None) -> dict:
     """Draw one image's content (size, background, objects, JPEG quality); rendering is separate so it can run
     in parallel while the draws stay one sequential, seeded stream."""
-    w, h = rng.randint(*sides), rng.randint(*sides)
+    w, h = rng.choice(sizes) if sizes else (rng.randint(*sides), rng.randint(*sides))
     side = min(w, h)  # shapes stay in the central square, which survives a centre crop
     x0, y0 = (w - side) / 2, (h - side) / 2
     background = tuple(rng.randint(90, 170) for _ in range(3))
@@ -86,18 +89,19 @@ def _render(task: tuple[dict, str]) -> None:
 
 
 def make_split(root: Path, split: str, n_images: int, seed: int, first_image_id: int, first_ann_id: int,
-               sides: tuple[int, int] = (100, 200), workers: int = 1) -> None:
+               sides: tuple[int, int] = (100, 200), sizes: Sequence[tuple[int, int]] | None = None,
+               workers: int = 1) -> None:
     """Write `root/<split>/*.jpg` and `root/annotations/captions_<split>.json` in the official COCO 2014 format.
 
-    Image sides are drawn from `sides`; `workers` processes render and encode the JPEGs (the content depends on
-    `seed` alone).
+    Width and height are each drawn from the range `sides`, or (width, height) from the list `sizes` when given
+    (e.g. `COCO_SIZES`); `workers` processes render and encode the JPEGs (the content depends on `seed` alone).
     """
     rng = random.Random(seed)
     (root / split).mkdir(parents=True, exist_ok=True)
     images, annotations, tasks = [], [], []
     for k in range(n_images):
         image_id = first_image_id + k
-        spec = _spec(rng, sides)
+        spec = _spec(rng, sides, sizes)
         file_name = f"COCO_{split}_{image_id:012d}.jpg"
         tasks.append((spec, str(root / split / file_name)))
         images.append({"id": image_id, "file_name": file_name, "width": spec["w"], "height": spec["h"],
@@ -153,26 +157,27 @@ def make_demo_dataset(
     n_val: int = 400,
     seed: int = 0,
     sides: tuple[int, int] = (100, 200),
+    sizes: Sequence[tuple[int, int]] | None = None,
     projection_dim: int = 128,
     workers: int = 1,
 ) -> Path:
     """Generate the demo dataset under `root` (once: a finished dataset is reused) and return `root`.
 
-    `sides` bounds the images' width and height (the benchmark asks for COCO's ~640x480), `projection_dim` is the
-    text embedding width, `workers` processes encode the JPEGs. Writes into a temporary folder renamed into place at
-    the end, so an interrupted run leaves nothing half-made.
+    `sides` bounds the images' width and height, or `sizes` lists them (the benchmark uses `COCO_SIZES`);
+    `projection_dim` is the text embedding width; `workers` processes encode the JPEGs. Writes into a temporary
+    folder renamed into place at the end, so an interrupted run leaves nothing half-made.
     """
     root = Path(root)
     done = root / "DONE.json"
-    spec = {"n_train": n_train, "n_val": n_val, "seed": seed, "sides": list(sides), "projection_dim": projection_dim,
-            "format": 1}
+    spec = {"n_train": n_train, "n_val": n_val, "seed": seed, "sides": list(sides),
+            "sizes": [list(s) for s in sizes] if sizes else None, "projection_dim": projection_dim, "format": 1}
     if done.is_file() and json.loads(done.read_text()) == spec:
         return root
     tmp = root.with_name(root.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    make_split(tmp, "train2014", n_train, seed, first_image_id=1, first_ann_id=1, sides=sides, workers=workers)
-    make_split(tmp, "val2014", n_val, seed + 1, first_image_id=1_000_001, first_ann_id=10_000_001, sides=sides,
-               workers=workers)
+    shape = {"sides": sides, "sizes": sizes, "workers": workers}
+    make_split(tmp, "train2014", n_train, seed, first_image_id=1, first_ann_id=1, **shape)
+    make_split(tmp, "val2014", n_val, seed + 1, first_image_id=1_000_001, first_ann_id=10_000_001, **shape)
     make_text_model(tmp / "clip_text_tiny", seed=seed, projection_dim=projection_dim)
     (tmp / "DONE.json").write_text(json.dumps(spec))
     shutil.rmtree(root, ignore_errors=True)
