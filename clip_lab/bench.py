@@ -333,7 +333,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     for name in ("n_train", "n_val", "captions", "epochs", "steps", "naive_steps", "batch_size"):
         p.add_argument(f"--{name}", type=int, default=None, help="override the preset")
     args = p.parse_args(argv)
-    sizes = dict(n_train=20000, n_val=40504, sides=(480, 640),  # sides: --small only; else COCO_SIZES batch_size=256, image_size=224, cache_image_size=256,
+    # full size: 20,000 train JPEGs of COCO's sizes, a val split as large as val2014 (the --small data uses `sides`)
+    sizes = dict(n_train=20000, n_val=40504, sides=(480, 640), batch_size=256, image_size=224, cache_image_size=256,
                  backbone="resnet50", epochs=4, warmup_steps=15, steps=60, naive_warmup=5, naive_steps=30,
                  captions=300000, retrieval_images=40504, retrieval_captions=202654)
     if args.small:
