@@ -191,19 +191,48 @@ class Throughput(Callback):
         self.seconds = time.perf_counter() - self.t0
 
 
-def bench_fit(args: argparse.Namespace, data_root: Path, device: torch.device) -> dict[str, Any]:
-    import lightning as L
-
+def bench_datamodule(args: argparse.Namespace, data_root: Path) -> Any:
     from clip_lab.data.datamodule import CocoRetrievalData
-    from clip_lab.module import ClipLab
 
-    L.seed_everything(0, verbose=False)
-    dm = CocoRetrievalData(
+    return CocoRetrievalData(
         data_root=str(data_root), text_model=str(data_root / "clip_text_tiny"), max_length=32,
         cache_dir=str(data_root / "cache"), image_size=args.image_size, cache_image_size=args.cache_image_size,
         crop_scale=0.35, flip=0.5, jitter=0.4,  # the augmentation ablation's views: the costlier case
         batch_size=args.batch_size, eval_batch_size=1024, num_workers=args.workers, val_images=0,
     )
+
+
+def bench_loader(args: argparse.Namespace, data_root: Path, device: torch.device) -> dict[str, Any]:
+    """The data path alone: batches from the image cache to the device, augmented, no model: what it could feed."""
+    from clip_lab.augment import augment
+    from clip_lab.data.loader import CachedBatchLoader
+    from clip_lab.data.sampling import PairBatchSampler
+
+    dm = bench_datamodule(args, data_root)
+    dm.prepare_data()
+    split = dm._split("train2014")
+    sampler = PairBatchSampler(split.caption_start, args.batch_size, "image", drop_last=True)
+    path = data_root / "cache" / f"images_train2014_{args.cache_image_size}.npy"
+    loader = CachedBatchLoader(path, dm._embeddings("train2014"), sampler, device, threads=args.workers)
+    images = 0
+    for epoch in range(2):  # the first epoch warms the page cache and the pinned buffers
+        sampler.set_epoch(epoch)
+        _sync(device)
+        t0 = time.perf_counter()
+        for batch in loader:
+            augment(batch[0], args.image_size, crop_scale=0.35, flip=0.5, jitter=0.4)
+            images += len(batch[0]) if epoch else 0
+        _sync(device)
+    return {"images_per_s": images / (time.perf_counter() - t0)}
+
+
+def bench_fit(args: argparse.Namespace, data_root: Path, device: torch.device) -> dict[str, Any]:
+    import lightning as L
+
+    from clip_lab.module import ClipLab
+
+    L.seed_everything(0, verbose=False)
+    dm = bench_datamodule(args, data_root)
     module = ClipLab(args.backbone, weights=None, embed_dim=dm.embed_dim, compile=args.compile)
     steps_per_epoch = args.n_train // args.batch_size
     window = (min(5, steps_per_epoch - 2), min(25, steps_per_epoch - 1))
@@ -329,7 +358,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1), help="loader/decoder processes")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="eager training step")
     p.add_argument("--only", nargs="*", default=None,
-                   help="run only these parts: caption_cache image_cache ceiling fit naive retrieval")
+                   help="run only these parts: caption_cache image_cache ceiling loader fit naive retrieval")
     for name in ("n_train", "n_val", "captions", "epochs", "steps", "naive_steps", "batch_size"):
         p.add_argument(f"--{name}", type=int, default=None, help="override the preset")
     args = p.parse_args(argv)
@@ -377,6 +406,9 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         rows.append(("end-to-end fit (image cache + GPU augmentation)", f"{f['images_per_s']:,.0f} img/s", note))
         rows.append((f"test from caches ({f['test_images']:,} images, {f['test_captions']:,} captions)",
                      f"{f['test_s']:.1f} s", "embed the gallery from the image cache + all retrieval metrics"))
+    if "loader" in r:
+        rows.append(("data path alone (cache -> device -> augmentation)", f"{r['loader']['images_per_s']:,.0f} img/s",
+                     "what the loader could feed a model"))
     if "naive" in r:
         note = "PIL + torchvision transforms in workers, fp32"
         if "fit" in r:
@@ -416,7 +448,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     root = Path(args.root)
-    parts = set(args.only or ["caption_cache", "image_cache", "ceiling", "fit", "naive", "retrieval"])
+    parts = set(args.only or ["caption_cache", "image_cache", "ceiling", "loader", "fit", "naive", "retrieval"])
     results: dict[str, Any] = {
         "command": "python -m clip_lab bench " + " ".join(sys.argv[1:] if argv is None else argv),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -452,6 +484,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         steps.append(("image_cache", image_cache))
     if "ceiling" in parts:
         steps.append(("ceiling", lambda: bench_ceiling(args, device)))
+    if "loader" in parts:
+        steps.append(("loader", lambda: bench_loader(args, data_root, device)))
     if "fit" in parts:
         steps.append(("fit", lambda: bench_fit(args, data_root, device)))
     if "naive" in parts:

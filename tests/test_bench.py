@@ -9,7 +9,7 @@ def test_small_bench_writes_the_whole_table(tmp_path, capsys):
     out = tmp_path / "bench" / "cpu.json"
     assert main(["bench", "--small", "--root", str(tmp_path / "data"), "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    for part in ("ceiling", "fit", "naive"):
+    for part in ("ceiling", "loader", "fit", "naive"):
         assert result[part]["images_per_s"] > 0
     assert result["fit"]["timed_images"] == 256 // 32 * 32  # one timed epoch after the warm-up one
     assert result["fit"]["test_images"] == 128 and result["fit"]["test_captions"] == 640
@@ -19,7 +19,7 @@ def test_small_bench_writes_the_whole_table(tmp_path, capsys):
     assert result["retrieval"]["images"] == 500 and 0 <= result["retrieval"]["t2i_R@1"] <= 1
     assert result["command"].startswith("python -m clip_lab bench --small")
     md = out.with_suffix(".md").read_text()
-    assert md.count("\n| ") == 9  # header, rule, 7 measures
+    assert md.count("\n| ") == 10  # header, rule, 8 measures
     printed = capsys.readouterr().out
     assert "end-to-end fit" in printed and "x ceiling" in printed and "fit is" in printed
     assert sorted(p.name for p in out.parent.iterdir()) == ["cpu.json", "cpu.md"]  # nothing half-written beside

@@ -1,4 +1,4 @@
-"""The LightningDataModule for COCO-format captioned images: caption cache, image loading, batching."""
+"""The LightningDataModule for COCO-format captioned images: caption and image caches, batches, device-side views."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
 
 from clip_lab.data.caption_cache import (
     build_caption_cache,
@@ -20,55 +19,13 @@ from clip_lab.data.caption_cache import (
 )
 from clip_lab.augment import augment, center_crop
 from clip_lab.data.coco import CaptionedSplit, check_coco_files, load_coco_split
+from clip_lab.data.loader import CachedBatchLoader
 from clip_lab.data import image_cache
 from clip_lab.data.sampling import Pairs, PairBatchSampler
 from clip_lab.errors import ClipLabError
 from clip_lab.text import DEFAULT_TEXT_MODEL, TextEncoder, text_embed_dim
 
 log = logging.getLogger(__name__)
-
-
-class CachedPairs(Dataset):
-    """Batch `[(image_index, caption_index), ...]` -> (uint8 `[B, S, S, 3]` images, float16 embeddings, image indices).
-
-    Whole batches are gathered at once from the memory-mapped image cache (opened lazily in each worker process, so
-    nothing big is pickled and host memory stays bounded by the page cache). A caption index of -1 (an image without
-    captions) gives a zero embedding; evaluation masks those out.
-    """
-
-    def __init__(self, image_cache: Path, embeddings: Tensor) -> None:
-        self.image_cache, self.embeddings = image_cache, embeddings
-        self._images: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getstate__(self) -> dict:
-        return self.__dict__ | {"_images": None}  # spawned workers map the file themselves; never pickle pixels
-
-    @property
-    def images(self) -> np.ndarray:
-        if self._images is None:
-            self._images = np.load(self.image_cache, mmap_mode="r")
-        return self._images
-
-    def __getitems__(self, pairs: list[tuple[int, int]]) -> tuple[Tensor, Tensor, Tensor]:
-        pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-        pairs = pairs[np.argsort(pairs[:, 0], kind="stable")]  # read the cache in file order; pairs stay pairs
-        images = torch.empty((len(pairs), *self.images.shape[1:]), dtype=torch.uint8)
-        np.take(self.images, pairs[:, 0], axis=0, out=images.numpy())
-        captions = torch.from_numpy(pairs[:, 1])
-        text = self.embeddings[captions.clamp(min=0)]
-        text[captions < 0] = 0
-        return images, text, torch.from_numpy(pairs[:, 0])
-
-    def __getitem__(self, pair: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
-        images, text, index = self.__getitems__([pair])
-        return images[0], text[0], index[0]
-
-
-def _whole_batch(batch: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-    return batch  # `CachedPairs.__getitems__` already returns the collated batch
 
 
 class CocoRetrievalData(L.LightningDataModule):
@@ -88,7 +45,7 @@ class CocoRetrievalData(L.LightningDataModule):
         jitter: augmentation: brightness/contrast/saturation factors drawn from `[1 - jitter, 1 + jitter]`.
         batch_size: training batch; InfoNCE sees batch_size - 1 negatives per pair.
         eval_batch_size: images per batch when embedding the validation/test gallery.
-        num_workers: DataLoader worker processes gathering batches from the image cache (and CPU decoders when it
+        num_workers: threads gathering batches from the image cache (and processes decoding images when the cache
             is built without a GPU).
         pairs: "image" (each image once per epoch, a random caption) or "caption" (each caption once per epoch).
         val_images: size of the fixed validation subset of `test_split` (0 or more than the split: all of it).
@@ -188,39 +145,31 @@ class CocoRetrievalData(L.LightningDataModule):
         return emb, torch.from_numpy(position[split.caption_image[keep]])
 
     # -- loaders ------------------------------------------------------------------------------------------------------
-    def _loader(self, name: str, sampler: PairBatchSampler) -> DataLoader:
+    def _loader(self, name: str, sampler: PairBatchSampler) -> CachedBatchLoader:
         hp = self.hparams
         if image_cache.open_image_cache(hp.cache_dir, self._split(name), hp.cache_image_size) is None:
             raise RuntimeError(f"the image cache of {name} is missing or stale: prepare_data should have built it")
         path, _ = image_cache.image_cache_paths(hp.cache_dir, name, hp.cache_image_size)
-        workers = hp.num_workers
-        return DataLoader(
-            CachedPairs(path, self._embeddings(name)),
-            batch_sampler=sampler,
-            collate_fn=_whole_batch,
-            num_workers=workers,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=workers > 0,
-            prefetch_factor=4 if workers > 0 else None,
-        )
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        return CachedBatchLoader(path, self._embeddings(name), sampler, device, threads=hp.num_workers)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> CachedBatchLoader:
         hp = self.hparams
         split = self._split(hp.train_split)
         sampler = PairBatchSampler(split.caption_start, hp.batch_size, hp.pairs, shuffle=True, drop_last=True, seed=hp.seed)
         return self._loader(hp.train_split, sampler)
 
-    def _eval_loader(self, stage: str) -> DataLoader:
+    def _eval_loader(self, stage: str) -> CachedBatchLoader:
         hp = self.hparams
         split = self._split(hp.test_split)
         sampler = PairBatchSampler(split.caption_start, hp.eval_batch_size, "first", shuffle=False,
                                    images=self.eval_images(stage))
         return self._loader(hp.test_split, sampler)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> CachedBatchLoader:
         return self._eval_loader("val")
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> CachedBatchLoader:
         return self._eval_loader("test")
 
     def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor, Tensor], dataloader_idx: int) -> tuple:
