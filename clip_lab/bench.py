@@ -181,7 +181,7 @@ class Throughput(Callback):
         elif i == self.window[1] and self._record is not None:
             torch.cuda.set_sync_debug_mode("default")
             self._record.__exit__(None, None, None)
-            self.syncs = sum("synchroniz" in str(w.message) for w in self._caught)
+            self.syncs = sum("called a synchronizing CUDA operation" in str(w.message) for w in self._caught)
             self.sync_messages = sorted({str(w.message)[:200] + f" @ {w.filename}:{w.lineno}" for w in self._caught})
             self.sync_steps = self.window[1] - self.window[0]
             self._record = None
