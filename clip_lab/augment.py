@@ -74,21 +74,14 @@ def augment(
 def color_jitter(x: Tensor, brightness: Tensor, contrast: Tensor, saturation: Tensor) -> Tensor:
     """Brightness, contrast and saturation as torchvision applies them (in that order), one factor per image, 0-255.
 
-    The three are linear, so they compose into one 3x3 colour matrix per image plus an offset:
-    `M(s) (c*b x + (1 - c)*b mean_gray(x))` with `M(s) = s*I + (1 - s) * 1 gray_weights^T`.
-    One pass instead of six; clamped to 0-255 once at the end, where torchvision clamps after each factor (they
-    differ only where an intermediate value saturates).
+    The three are linear, so they compose: with g = gray(x) and m = mean(g), the result is
+    `c*b*s * x + c*b*(1 - s) * g + (1 - c)*b*m * (s + (1 - s) * sum(GRAY))`: two passes instead of six, clamped
+    once at the end where torchvision clamps after each factor (they differ only where an intermediate saturates).
     """
-    b = x.shape[0]
-    weights = torch.empty(3, device=x.device, dtype=x.dtype)
-    for i, w in enumerate(GRAY):  # filled from Python numbers: a tensor built from a list would sync the host
-        weights[i] = w
-    s = saturation.to(x.dtype).view(b, 1, 1)
-    matrix = s * torch.eye(3, device=x.device, dtype=x.dtype) + (1 - s) * weights.view(1, 1, 3)
-    mean = ((1 - contrast) * brightness).to(x.dtype).view(b, 1, 1, 1) * _gray(x).mean(dim=(2, 3), keepdim=True)
-    offset = matrix.sum(dim=2).view(b, 3, 1, 1) * mean  # M applied to the constant image `mean`
-    matrix = matrix * (contrast * brightness).to(x.dtype).view(b, 1, 1)
-    return torch.einsum("bij,bjhw->bihw", matrix, x).add_(offset).clamp_(0, 255)
+    b, c, s = (f.to(x.dtype).view(-1, 1, 1, 1) for f in (brightness, contrast, saturation))
+    gray = _gray(x)
+    mean = (1 - c) * b * gray.mean(dim=(2, 3), keepdim=True) * (s + (1 - s) * sum(GRAY))
+    return (x * (c * b * s) + gray * (c * b * (1 - s)) + mean).clamp_(0, 255)
 
 
 GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights

@@ -82,3 +82,15 @@ def test_color_jitter_factors():
     assert flat.flatten(1).std(dim=1).max() < 1e-3  # contrast 0: every pixel at the image's mean gray
     out = augment(ramp(), 32, jitter=0.4, generator=torch.Generator().manual_seed(0))
     assert out.shape == (4, 3, 32, 32) and out.min() >= 0 and out.max() <= 255
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host syncs exist only with a GPU")
+def test_augmentation_never_waits_for_the_gpu():
+    img = ramp(b=8).cuda()
+    torch.cuda.set_sync_debug_mode("error")  # any synchronizing call raises
+    try:
+        out = augment(img, 32, crop_scale=0.3, flip=0.5, jitter=0.4)
+        center_crop(img, 32).float()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert out.shape == (8, 3, 32, 32)
