@@ -412,7 +412,7 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     if "naive" in r:
         note = "PIL + torchvision transforms in workers, fp32"
         if "fit" in r:
-            note = f"fit is {r['fit']['images_per_s'] / r['naive']['images_per_s']:.1f} x this; " + note
+            note = f"fit is {r['fit']['images_per_s'] / r['naive']['images_per_s']:.2f} x this; " + note
         rows.append(("naive pipeline on the same JPEGs", f"{r['naive']['images_per_s']:,.0f} img/s", note))
     if "caption_cache" in r:
         c = r["caption_cache"]
