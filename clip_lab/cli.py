@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> ClipLabCLI:
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
         # deprecations inside Lightning itself (with torch>=2.13 and jsonargparse>=4.49): nothing a user can act on
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-        warnings.filterwarnings("ignore", message=r".*skip_none parameter was deprecated")
+        # jsonargparse 4.x deprecations of the API Lightning's CLI calls ((?s): their messages start with a newline)
+        warnings.filterwarnings("ignore", message=r"(?s).*(was deprecated in v4\.|JsonargparseDeprecationWarning)")
         return ClipLabCLI(
             ClipLab,
             CocoRetrievalData,

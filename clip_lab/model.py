@@ -54,16 +54,43 @@ def strip_classifier(model: nn.Module) -> int:
     return layer.in_features
 
 
-class ImageEncoder(nn.Module):
-    """uint8 images `[B, 3, H, W]` -> pooled backbone features `[B, out_dim]`; normalization happens here, on device."""
+RESNET_STAGES = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")  # torchvision ResNet/ResNeXt/Wide ResNet
 
-    def __init__(self, backbone: str = "resnet50", weights: str | None = "IMAGENET1K_V2") -> None:
+
+class ImageEncoder(nn.Module):
+    """uint8 images `[B, 3, H, W]` -> pooled backbone features `[B, out_dim]`; normalization happens here, on device.
+
+    `freeze_stages=k` freezes a ResNet's stem and its first k - 1 residual stages (1: the stem alone; 5: all of
+    it): no gradients, and their BatchNorm statistics stay those of the pretrained weights.
+    """
+
+    def __init__(self, backbone: str = "resnet50", weights: str | None = "IMAGENET1K_V2", freeze_stages: int = 0) -> None:
         super().__init__()
         self.trunk = build_backbone(backbone, weights)
         self.out_dim = strip_classifier(self.trunk)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
         self.channels_last = False
+        self.frozen = self._freeze(backbone, freeze_stages)
+
+    def _freeze(self, backbone: str, stages: int) -> list[nn.Module]:
+        if stages <= 0:
+            return []
+        if not all(hasattr(self.trunk, name) for name in RESNET_STAGES):
+            raise ClipLabError(f"freeze_stages needs a ResNet-family backbone (conv1, bn1, layer1-4); {backbone} is "
+                               "not one: set model.freeze_stages: 0")
+        if stages > 5:
+            raise ClipLabError(f"freeze_stages is {stages}; a ResNet has 5 stages (the stem, then layer1-4)")
+        frozen = [getattr(self.trunk, name) for name in RESNET_STAGES[: stages + 1]]  # the stem is conv1 + bn1
+        for module in frozen:
+            module.requires_grad_(False)
+        return frozen
+
+    def train(self, mode: bool = True) -> ImageEncoder:
+        super().train(mode)
+        for module in self.frozen:  # frozen stages keep their pretrained BatchNorm statistics
+            module.eval()
+        return self
 
     def use_channels_last(self) -> None:
         """Weights and inputs in channels_last (NHWC): the layout cuDNN's bf16 convolutions run fastest in."""
@@ -77,12 +104,21 @@ class ImageEncoder(nn.Module):
         return self.trunk(x)
 
 
-class ProjectionHead(nn.Module):
-    """Linear -> GELU -> Linear, from backbone features to the text embedding width."""
+NORMS = {None: nn.Identity, "none": nn.Identity, "batch": nn.BatchNorm1d, "layer": nn.LayerNorm}
 
-    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048) -> None:
+
+class ProjectionHead(nn.Module):
+    """Linear -> [norm] -> GELU -> Linear, from backbone features to the text embedding width.
+
+    `norm`: None (the lab baseline), "batch" (BatchNorm1d, the lab's ablation) or "layer" (LayerNorm).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048, norm: str | None = None) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, out_dim))
+        if norm not in NORMS:
+            raise ClipLabError(f"unknown head norm {norm!r}; choose one of: null, batch, layer")
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden_dim), NORMS[norm](hidden_dim), nn.GELU(),
+                                 nn.Linear(hidden_dim, out_dim))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)

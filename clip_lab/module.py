@@ -18,6 +18,11 @@ from clip_lab.model import ImageEncoder, ProjectionHead
 
 PROTOCOL = ("standard: image->text counts a hit at K when any of the image's captions ranks in the top K; "
             "text->image when the caption's own image does; ties count against the model")
+FIRST_CAPTION_PROTOCOL = (
+    "first caption only (what most course submissions report; NOT comparable with published COCO numbers): each "
+    "image is paired with its first caption alone and recall is read off the diagonal of that square matrix, so "
+    "an image's other captions are not in the gallery; ties count against the model"
+)
 
 
 class ClipLab(L.LightningModule):
@@ -28,6 +33,9 @@ class ClipLab(L.LightningModule):
         weights: torchvision weights name (ImageNet `IMAGENET1K_V2` for ResNet50), or null for random init.
         embed_dim: width of the text embeddings (linked from the data's text model by the CLI).
         head_hidden: hidden width of the Linear -> GELU -> Linear projection head.
+        head_norm: normalization after the head's first Linear: null (baseline), "batch" or "layer".
+        freeze_stages: ResNet stages kept frozen at their pretrained values (0: none; 1: the stem; 2: the stem and
+            layer1; ... 5: everything but the head).
         lr: peak learning rate of the head and the temperature.
         backbone_lr: peak learning rate of the (pretrained) backbone; fine-tuning wants it lower than the head's.
         weight_decay: AdamW decay of weight matrices (biases, norms and the temperature get none).
@@ -44,6 +52,8 @@ class ClipLab(L.LightningModule):
         weights: str | None = "IMAGENET1K_V2",
         embed_dim: int = 512,
         head_hidden: int = 2048,
+        head_norm: str | None = None,
+        freeze_stages: int = 0,
         lr: float = 1e-3,
         backbone_lr: float = 1e-4,
         weight_decay: float = 0.1,
@@ -54,12 +64,13 @@ class ClipLab(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.image_encoder = ImageEncoder(backbone, weights)
-        self.head = ProjectionHead(self.image_encoder.out_dim, embed_dim, head_hidden)
+        self.image_encoder = ImageEncoder(backbone, weights, freeze_stages)
+        self.head = ProjectionHead(self.image_encoder.out_dim, embed_dim, head_hidden, head_norm)
         self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / temperature)))
         self.loss = InfoNCE()
         self._compiled_forward: Any = None  # set by to_fast_layout(compile=True); a function, not a submodule
         self._eval: list[tuple[Tensor, Tensor, Tensor]] = []
+        self._first_caption: dict[str, float] = {}
 
     def forward(self, images: Tensor) -> Tensor:
         """uint8 images -> L2-normalized embeddings in the text embedding space."""
@@ -149,6 +160,22 @@ class ClipLab(L.LightningModule):
         metrics["loss"] = self._eval_loss(image_emb, first_caption, datamodule.hparams.batch_size)
         metrics["n_images"], metrics["n_captions"] = len(expected), len(caption_image)
         self.log_dict({f"{stage}/{k}": float(v) for k, v in metrics.items()})
+        if stage == "test":
+            self._first_caption = self._first_caption_metrics(image_emb, first_caption)
+            self.log_dict({f"test/first_caption/{k}": float(v) for k, v in self._first_caption.items()})
+        return metrics
+
+    @staticmethod
+    def _first_caption_metrics(image_emb: Tensor, first_caption: Tensor) -> dict[str, float]:
+        """The diagonal protocol: image i against the first captions of all images, caption i belonging to image i.
+
+        The same `retrieval_metrics` with one caption per image: only the gallery differs from the standard protocol.
+        """
+        has_caption = first_caption.abs().sum(dim=1) > 0
+        image_emb, first_caption = image_emb[has_caption], first_caption[has_caption]
+        diagonal = torch.arange(len(image_emb), device=image_emb.device)
+        metrics = embedding_retrieval_metrics(image_emb, first_caption.to(image_emb.dtype), diagonal)
+        metrics["n_images"] = metrics["n_captions"] = len(image_emb)
         return metrics
 
     @torch.no_grad()
@@ -182,5 +209,6 @@ class ClipLab(L.LightningModule):
             "checkpoint": str(self.trainer.ckpt_path) if self.trainer.ckpt_path else None,
             "protocol": PROTOCOL,
             "metrics": metrics,
+            "first_caption": {"protocol": FIRST_CAPTION_PROTOCOL, "metrics": self._first_caption},
         }
         save_json(result, Path(self.trainer.log_dir) / "test_metrics.json")

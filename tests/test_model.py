@@ -63,3 +63,36 @@ def test_logit_scale_is_clamped_after_a_step():
         model.logit_scale.fill_(10.0)
     model.on_train_batch_end(None, None, 0)
     assert model.logit_scale.exp().item() == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize("norm,layer", [("batch", torch.nn.BatchNorm1d), ("layer", torch.nn.LayerNorm), (None, None)])
+def test_head_norm_sits_between_the_linear_layers(norm, layer):
+    model = ClipLab(backbone="resnet18", weights=None, embed_dim=8, head_hidden=16, head_norm=norm)
+    kinds = [type(m) for m in model.head.net]
+    assert kinds[0] is torch.nn.Linear and kinds[2] is torch.nn.GELU and kinds[3] is torch.nn.Linear
+    assert kinds[1] is (layer or torch.nn.Identity)
+    with pytest.raises(ClipLabError, match="unknown head norm"):
+        ClipLab(backbone="resnet18", weights=None, embed_dim=8, head_norm="group")
+
+
+def test_frozen_stages_get_no_gradient_and_keep_their_statistics():
+    torch.manual_seed(0)
+    model = ClipLab(backbone="resnet18", weights=None, embed_dim=8, head_hidden=16, freeze_stages=2).train()
+    trunk = model.image_encoder.trunk
+    stats = trunk.layer1[0].bn1.running_mean.clone(), trunk.layer2[0].bn1.running_mean.clone()
+    images = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
+    text = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    model.loss(model(images), text, model.logit_scale.exp())[0].backward()
+    frozen = ("conv1", "bn1", "layer1")
+    for name, p in model.image_encoder.trunk.named_parameters():
+        if name.startswith(frozen):
+            assert not p.requires_grad and p.grad is None, name
+        else:
+            assert p.requires_grad and p.grad is not None and p.grad.abs().sum() > 0, name
+    assert torch.equal(trunk.layer1[0].bn1.running_mean, stats[0])  # frozen stage: statistics untouched
+    assert not torch.equal(trunk.layer2[0].bn1.running_mean, stats[1])  # trained stage: statistics updated
+    optimizer = model.build_optimizer()
+    in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert in_optimizer == {id(p) for p in model.parameters() if p.requires_grad}
+    with pytest.raises(ClipLabError, match="ResNet-family"):
+        ClipLab(backbone="mobilenet_v3_small", weights=None, embed_dim=8, freeze_stages=1)
