@@ -8,7 +8,8 @@ from importlib import import_module
 
 from clip_lab.errors import ClipLabError
 
-JOBS = {"demo": "clip_lab.demo", "bench": "clip_lab.bench", "sweep": "clip_lab.sweep"}  # jobs beside LightningCLI's fit/validate/test, each a module with main(argv)
+JOBS = {"demo": "clip_lab.demo", "bench": "clip_lab.bench", "sweep": "clip_lab.sweep",
+        "zeroshot": "clip_lab.zeroshot", "search": "clip_lab.search"}  # jobs beside LightningCLI's fit/validate/test, each a module with main(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,20 @@
-"""Shared fixtures: one small generated COCO-format dataset (real JPEGs + captions JSON + tiny CLIP text tower)."""
+"""Shared fixtures: one small generated COCO-format dataset (real JPEGs + captions JSON + tiny CLIP text tower) and one
+checkpoint trained on it through the CLI, shared by every test file that needs a trained model."""
+
+from pathlib import Path
 
 import pytest
 
+from clip_lab.__main__ import main
 from clip_lab.data.synthetic import make_demo_dataset
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _run_args(demo_root, tmp_path, run="t"):
+    return ["--run", run, "--results_dir", str(tmp_path / "results"),
+            "--data.data_root", str(demo_root), "--data.text_model", str(demo_root / "clip_text_tiny"),
+            "--data.cache_dir", str(tmp_path / "cache"), "--data.num_workers", "0"]
 
 
 @pytest.fixture(scope="session")
@@ -13,3 +25,25 @@ def demo_root(tmp_path_factory):
 @pytest.fixture(scope="session")
 def text_model(demo_root):
     return str(demo_root / "clip_text_tiny")
+
+
+@pytest.fixture(scope="session")
+def run_args():
+    """`run_args(demo_root, tmp_path, run="t")`: CLI flags pointing a run at the demo data and at its own folders."""
+    return _run_args
+
+
+@pytest.fixture(scope="session")
+def trained_run(demo_root, tmp_path_factory):
+    """results/t/ of a 6-epoch ResNet18 demo fit (256 images) and its test: config, log, checkpoints, test metrics.
+
+    Its caches (image and caption caches of both splits) are in the sibling cache/ folder, which the checkpoint's
+    data settings name. Tests that write caches of their own pass another --cache_dir.
+    """
+    tmp = tmp_path_factory.mktemp("cli")
+    args = ["fit", "-c", str(CONFIGS / "coco.yaml"), "-c", str(CONFIGS / "demo.yaml"), *_run_args(demo_root, tmp),
+            "--trainer.max_epochs", "6", "--data.batch_size", "32", "--data.val_images", "64"]
+    assert main(args) == 0
+    run = tmp / "results" / "t"
+    assert main(["test", "-c", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints" / "best.ckpt")]) == 0
+    return run

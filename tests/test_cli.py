@@ -1,32 +1,15 @@
-"""A real `fit` + `test` through the CLI on generated data: outputs, learning, checkpoints, one-line errors."""
+"""A real `fit` + `test` through the CLI on generated data (the `trained_run` fixture of conftest.py): outputs, learning,
+checkpoints, one-line errors."""
 
 import csv
 import json
 from pathlib import Path
 
-import pytest
 import torch
 
 from clip_lab.__main__ import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
-def run_args(demo_root, tmp_path, run="t"):
-    return ["--run", run, "--results_dir", str(tmp_path / "results"),
-            "--data.data_root", str(demo_root), "--data.text_model", str(demo_root / "clip_text_tiny"),
-            "--data.cache_dir", str(tmp_path / "cache"), "--data.num_workers", "0"]
-
-
-@pytest.fixture(scope="module")
-def trained_run(demo_root, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("cli")
-    args = ["fit", "-c", str(CONFIGS / "coco.yaml"), "-c", str(CONFIGS / "demo.yaml"), *run_args(demo_root, tmp),
-            "--trainer.max_epochs", "6", "--data.batch_size", "32", "--data.val_images", "64"]
-    assert main(args) == 0
-    run = tmp / "results" / "t"
-    assert main(["test", "-c", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints" / "best.ckpt")]) == 0
-    return run
 
 
 def test_fit_writes_config_log_and_checkpoints(trained_run):
@@ -64,7 +47,7 @@ def test_refuses_to_overwrite_an_existing_run(trained_run, demo_root, capsys):
     assert "already holds a run" in capsys.readouterr().err
 
 
-def test_missing_data_is_one_clear_line(tmp_path, demo_root, capsys):
+def test_missing_data_is_one_clear_line(tmp_path, demo_root, run_args, capsys):
     args = ["fit", "-c", str(CONFIGS / "coco.yaml"), *run_args(demo_root, tmp_path)]
     args[args.index("--data.data_root") + 1] = str(tmp_path / "nowhere")
     assert main(args) == 2

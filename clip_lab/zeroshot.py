@@ -1,0 +1,194 @@
+"""`python -m clip_lab zeroshot`: classify images by class names alone, through prompt templates, with a trained checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import Tensor
+
+from clip_lab.errors import ClipLabError
+from clip_lab.files import save_json
+from clip_lab.infer import (
+    Checkpoint,
+    add_checkpoint_args,
+    embed_files,
+    image_gallery,
+    is_split,
+    list_images,
+    load_checkpoint,
+    model_view,
+    open_split,
+    read_image,
+    save_image_grid,
+    slug,
+    text_encoder,
+)
+from clip_lab.text import TextEncoder
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "configs" / "prompts.yaml"
+LABEL_KEY = "demo_shapes"  # image entries of the demo's captions json list the shapes drawn: the ground truth
+PRINT_ROWS = 20  # per-image lines printed; the JSON holds them all
+
+
+def load_templates(path: str | Path) -> list[str]:
+    """The `templates:` list of a YAML file, each a string with one `{}` where the class name goes."""
+    path = Path(path)
+    try:
+        templates = yaml.safe_load(path.read_text()).get("templates")
+    except (OSError, yaml.YAMLError, AttributeError) as e:
+        raise ClipLabError(f"cannot read prompt templates from {path} ({type(e).__name__}); pass a YAML file with a "
+                           f"`templates:` list, like {TEMPLATES}") from e
+    if not templates or not all(isinstance(t, str) and t.count("{}") == 1 for t in templates):
+        raise ClipLabError(f"{path}: `templates:` must be a non-empty list of strings with one {{}} each, "
+                           "e.g. 'a photo of a {}.'")
+    return templates
+
+
+def check_classes(classes: Sequence[str] | None) -> list[str]:
+    names = [c.strip() for c in classes or []]
+    if len(names) < 2 or not all(names):
+        raise ClipLabError(f"zero-shot needs at least two non-empty class names, got {names}; pass them with "
+                           "--classes, e.g. --classes person animal landscape")
+    if len(set(names)) < len(names):
+        raise ClipLabError(f"class names repeat in --classes {' '.join(names)}: give each once")
+    return names
+
+
+def class_embeddings(encoder: TextEncoder, classes: Sequence[str], templates: Sequence[str]) -> Tensor:
+    """`[n_classes, dim]`: each class the normalized mean of its prompts' normalized embeddings (CLIP's ensembling)."""
+    prompts = [t.replace("{}", c) for c in classes for t in templates]
+    emb = encoder.encode(prompts).float().cpu().view(len(classes), len(templates), -1)
+    return F.normalize(emb.mean(dim=1), dim=-1)
+
+
+def class_probabilities(image_emb: Tensor, class_emb: Tensor, logit_scale: float) -> Tensor:
+    """Softmax over classes of `logit_scale * cosine`: the temperature the model learned in training."""
+    return (logit_scale * image_emb @ class_emb.T).softmax(dim=-1)
+
+
+def split_labels(annotation_file: Path, image_ids: Sequence[int]) -> list[list[str]] | None:
+    """Per image, its `demo_shapes` from the captions json; None when the json carries none (real COCO)."""
+    entries = {im["id"]: im for im in json.loads(Path(annotation_file).read_text())["images"]}
+    labels = [entries[int(i)].get(LABEL_KEY) for i in image_ids]
+    return None if any(lab is None for lab in labels) else labels
+
+
+def folder_labels(root: Path, files: Sequence[Path], classes: Sequence[str]) -> list[list[str]] | None:
+    """ImageFolder layout (`root/<class>/image.jpg`, every image under a class's folder): the folder names; else None."""
+    parts = [f.relative_to(root).parts for f in files] if root.is_dir() else []
+    if parts and all(len(p) == 2 and p[0] in classes for p in parts):
+        return [[p[0]] for p in parts]
+    return None
+
+
+@dataclass
+class Images:
+    """What `--images` names, embedded: one row per image."""
+
+    source: dict[str, Any]  # what was read: a split (and its gallery cache), a folder or a file
+    embeddings: Tensor
+    names: list[str]
+    labels: list[list[str]] | None  # per image, the classes that count as correct; None without ground truth
+    pixels: Callable[[int], np.ndarray]  # the i-th image as stored (for the figure)
+
+
+def load_images(ckpt: Checkpoint, images: str, classes: list[str]) -> Images:
+    """An existing file or folder, else a split of the checkpoint's dataset (embedded once, then cached)."""
+    size = ckpt.data["cache_image_size"]
+    if not Path(images).exists() and is_split(ckpt.data["data_root"], images):
+        split = open_split(ckpt, images)
+        emb, gallery = image_gallery(ckpt, split)
+        names = split.file_names
+        labels = split_labels(split.annotation_file, split.image_ids)
+        source = {"kind": "split", "split": split.name, "gallery": str(gallery)}
+        return Images(source, emb, names, labels, lambda i: read_image(split.image_path(i), size))
+    if not Path(images).exists():
+        raise ClipLabError(f"--images {images}: no such file or folder, and no split of that name under data_root "
+                           f"{ckpt.data['data_root']}; pass an image, a folder of images or a split name (e.g. val2014)")
+    root = Path(images)
+    files = list_images(root)
+    names = [str(f.relative_to(root)) if root.is_dir() else f.name for f in files]
+    source = {"kind": "folder" if root.is_dir() else "file", "path": str(root)}
+    return Images(source, embed_files(ckpt, files), names, folder_labels(root, files, classes),
+                  lambda i: read_image(files[i], size))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m clip_lab zeroshot", description=__doc__)
+    add_checkpoint_args(parser)
+    parser.add_argument("--images", required=True,
+                        help="an image file, a folder of images (class subfolders give accuracy), or a split (val2014)")
+    parser.add_argument("--classes", nargs="*", help="class names, e.g. person animal landscape")
+    parser.add_argument("--templates", default=str(TEMPLATES), help="YAML file with a `templates:` list")
+    parser.add_argument("--show", type=int, default=16, help="images in the figure")
+    parser.add_argument("--out", default=None,
+                        help="JSON output (the figure goes beside it as .png); default <run>/zeroshot/<images>.json")
+    args = parser.parse_args(argv)
+
+    classes = check_classes(args.classes)
+    templates = load_templates(args.templates)
+    ckpt = load_checkpoint(args)
+    images = load_images(ckpt, args.images, classes)
+    names, labels = images.names, images.labels
+    class_emb = class_embeddings(text_encoder(ckpt), classes, templates)
+    probs = class_probabilities(images.embeddings, class_emb, ckpt.logit_scale)
+    best = probs.argmax(dim=1).tolist()
+
+    predictions = []
+    for i, name in enumerate(names):
+        row = {"image": name, "predicted": classes[best[i]], "probability": round(float(probs[i, best[i]]), 5),
+               "probs": {c: round(float(p), 5) for c, p in zip(classes, probs[i].tolist())}}
+        if labels is not None:
+            row["truth"], row["correct"] = labels[i], classes[best[i]] in labels[i]
+        predictions.append(row)
+    accuracy = chance = None
+    if labels is not None:
+        accuracy = sum(r["correct"] for r in predictions) / len(predictions)
+        # a uniform guess is right with probability |truth among the classes| / |classes|, image by image
+        chance = sum(len(set(lab) & set(classes)) for lab in labels) / len(classes) / len(labels)
+
+    out = Path(args.out) if args.out else ckpt.run_dir / "zeroshot" / f"{slug(Path(args.images).stem)}.json"
+    figure = out.with_suffix(".png")
+    result = {"checkpoint": str(ckpt.path), "images": args.images, "source": images.source, "classes": classes,
+              "templates": templates, "templates_file": str(args.templates), "logit_scale": ckpt.logit_scale,
+              "n_images": len(names), "accuracy": accuracy, "chance": chance, "predictions": predictions,
+              "json": str(out), "figure": str(figure)}
+    shown = range(min(max(args.show, 1), len(names)))
+    colors = [("green" if predictions[i]["correct"] else "red") if labels else "black" for i in shown]
+    save_image_grid(figure, [model_view(images.pixels(i), ckpt.data["image_size"]) for i in shown],
+                    [_title(predictions[i]) for i in shown], colors,
+                    suptitle=f"zero-shot: {', '.join(classes)}" + (f" (accuracy {accuracy:.2f})" if labels else ""))
+    save_json(result, out)
+    _print(result)
+    return result
+
+
+def _title(row: dict) -> str:
+    truth = f"\ntruth: {'/'.join(dict.fromkeys(row['truth']))}" if "truth" in row else ""
+    return f"{row['predicted']} {row['probability']:.2f}{truth}"
+
+
+def _print(result: dict) -> None:
+    preds = result["predictions"]
+    width = min(40, max(len(r["image"]) for r in preds))
+    print(f"zero-shot over {result['n_images']} images, classes: {' '.join(result['classes'])} "
+          f"({len(result['templates'])} templates, logit scale {result['logit_scale']:.1f})")
+    for r in preds[:PRINT_ROWS]:
+        top = sorted(r["probs"].items(), key=lambda kv: -kv[1])[:3]
+        truth = f"  truth: {'/'.join(dict.fromkeys(r['truth']))}" if "truth" in r else ""
+        print(f"{r['image'][-width:]:<{width}}  {r['predicted']:<12} {r['probability']:.3f}   "
+              + "  ".join(f"{c} {p:.3f}" for c, p in top) + truth)
+    if len(preds) > PRINT_ROWS:
+        print(f"... {len(preds) - PRINT_ROWS} more in {result['json']}")
+    if result["accuracy"] is not None:
+        a, c = result["accuracy"], result["chance"]
+        print(f"accuracy {a:.3f}   chance {c:.3f}   ({a / c:.1f} x chance)" if c else f"accuracy {a:.3f}")
+    print(f"wrote {result['json']} and {result['figure']}")
