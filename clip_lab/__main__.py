@@ -12,12 +12,26 @@ JOBS = {"demo": "clip_lab.demo", "bench": "clip_lab.bench", "sweep": "clip_lab.s
         "zeroshot": "clip_lab.zeroshot", "search": "clip_lab.search"}  # jobs beside LightningCLI's fit/validate/test, each a module with main(argv)
 
 
+class StderrHandler(logging.StreamHandler):
+    """Logs to whatever `sys.stderr` is when a record is written (tests and notebooks replace it)."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # noqa: ANN001
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("clip_lab").addHandler(handler)
-    logging.getLogger("clip_lab").setLevel(logging.INFO)
+    logger = logging.getLogger("clip_lab")
+    if not any(isinstance(h, StderrHandler) for h in logger.handlers):  # main() may run many times in one process
+        handler = StderrHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     try:
         if argv and argv[0] in JOBS:
             import_module(JOBS[argv[0]]).main(argv[1:])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import logging
 import math
@@ -50,6 +51,7 @@ def _sync(device: torch.device) -> None:
 
 
 def _free(device: torch.device) -> None:
+    gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
@@ -106,8 +108,6 @@ def bench_caption_cache(root: Path, n: int, device: torch.device, small: bool) -
     t0 = time.perf_counter()
     build_caption_cache(split, encoder, root / "bench_captions.pt", {"bench": True})
     dt = time.perf_counter() - t0
-    del encoder
-    _free(device)
     return {"captions": n, "mean_tokens": round(float(tokens), 1), "seconds": dt, "captions_per_s": n / dt,
             "model_load_s": load_s, "model": "CLIPTextModelWithProjection " + ("(small)" if small else "ViT-B/32 shape")}
 
@@ -146,8 +146,6 @@ def bench_ceiling(args: argparse.Namespace, device: torch.device) -> dict[str, A
         step(i)
     _sync(device)
     dt = time.perf_counter() - t0
-    del module, optimizer, inputs
-    _free(device)
     return {"steps": args.steps, "images_per_s": args.steps * args.batch_size / dt, "warmup_and_compile_s": warm_s}
 
 
@@ -266,8 +264,6 @@ def bench_fit(args: argparse.Namespace, data_root: Path, device: torch.device) -
         "test_s": test_s,
         "final_train_loss": train_loss,
     }
-    del trainer, module, dm
-    _free(device)
     return out
 
 
@@ -326,8 +322,6 @@ def bench_naive(args: argparse.Namespace, data_root: Path, device: torch.device)
         loss.item()  # the per-step progress-bar update a notebook loop does
     _sync(device)
     dt = time.perf_counter() - t0
-    del module, optimizer, loader, batches
-    _free(device)
     return {"steps": args.naive_steps, "images_per_s": args.naive_steps * args.batch_size / dt}
 
 
@@ -495,6 +489,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name, run in steps:
         log.info("bench: %s ...", name)
         results[name] = run()
+        _free(device)  # the part's tensors went with its function's frame
         log.info("bench: %s %s", name, json.dumps(results[name], default=str))
 
     out = Path(args.out)

@@ -214,9 +214,7 @@ def image_gallery(ckpt: Checkpoint, split: CaptionedSplit) -> tuple[Tensor, Path
         log.info("image gallery %s: reused", path)
         return emb, path
     t0 = time.perf_counter()
-    pixels = image_cache.open_image_cache(hp["cache_dir"], split, size)
-    if pixels is None:
-        pixels = image_cache.build_image_cache(hp["cache_dir"], split, size, ckpt.device, hp["num_workers"])
+    pixels = image_cache.ensure_image_cache(hp["cache_dir"], split, size, ckpt.device, hp["num_workers"])
     emb = embed_images(ckpt, pixels, progress=True)
     save_torch({"meta": meta, "embeddings": emb, "image_ids": torch.from_numpy(split.image_ids)}, path)
     log.info("image gallery %s: %d images embedded in %.1f s", path, len(emb), time.perf_counter() - t0)

@@ -9,13 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from clip_lab.data.caption_cache import (
-    build_caption_cache,
-    caption_cache_path,
-    caption_embeddings,
-    expected_meta,
-    load_caption_cache,
-)
+from clip_lab.data.caption_cache import caption_embeddings, ensure_caption_cache, expected_meta
 from clip_lab.data.coco import CaptionedSplit
 from clip_lab.errors import ClipLabError
 from clip_lab.files import atomic_path, save_json
@@ -41,11 +35,9 @@ def caption_gallery(ckpt: Checkpoint, split: CaptionedSplit) -> tuple[Tensor, Pa
     """(float16 `[n_captions, dim]` embeddings of every caption of `split`, their file): the caption cache fit uses,
     built with the checkpoint's text model when missing or stale; it does not depend on the image tower."""
     hp = ckpt.data
-    path = caption_cache_path(hp["cache_dir"], split.name, hp["text_model"], hp["max_length"])
-    meta = expected_meta(split, hp["text_model"], hp["max_length"])
-    if load_caption_cache(path, meta, split) is None:
-        build_caption_cache(split, text_encoder(ckpt), path, meta, hp["text_batch_size"])
-    return caption_embeddings(path, meta, split), path
+    path = ensure_caption_cache(split, hp["cache_dir"], hp["text_model"], hp["max_length"], lambda: text_encoder(ckpt),
+                                hp["text_batch_size"])
+    return caption_embeddings(path, expected_meta(split, hp["text_model"], hp["max_length"]), split), path
 
 
 def top_k(gallery: Tensor, query: Tensor, k: int) -> tuple[list[float], list[int]]:

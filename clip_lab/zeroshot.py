@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 import yaml
 from torch import Tensor

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from clip_lab.errors import ClipLabError
-from clip_lab.model import ImageEncoder, build_backbone, strip_classifier
+from clip_lab.model import build_backbone, strip_classifier
 from clip_lab.module import ClipLab
 
 

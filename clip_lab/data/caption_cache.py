@@ -6,7 +6,7 @@ import logging
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -76,6 +76,19 @@ def build_caption_cache(
     dt = time.perf_counter() - t0
     log.info("caption cache %s: %d captions in %.1f s (%.0f captions/s)", path, len(split.captions), dt,
              len(split.captions) / max(dt, 1e-9))
+
+
+def ensure_caption_cache(
+    split: CaptionedSplit, cache_dir: str | Path, text_model: str, max_length: int,
+    encoder: Callable[[], TextEncoder], batch_size: int = 1024,
+) -> Path:
+    """The path of the split's valid caption cache, built first (with `encoder()`, called only then) if needed."""
+    path = caption_cache_path(cache_dir, split.name, text_model, max_length)
+    meta = expected_meta(split, text_model, max_length)
+    if load_caption_cache(path, meta, split) is None:
+        log.info("building the caption cache of %s with %s -> %s", split.name, text_model, path)
+        build_caption_cache(split, encoder(), path, meta, batch_size)
+    return path
 
 
 def caption_embeddings(path: Path, meta: dict[str, Any], split: CaptionedSplit) -> Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -10,13 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from clip_lab.data.caption_cache import (
-    build_caption_cache,
-    caption_cache_path,
-    caption_embeddings,
-    expected_meta,
-    load_caption_cache,
-)
+from clip_lab.data.caption_cache import caption_cache_path, caption_embeddings, ensure_caption_cache, expected_meta
 from clip_lab.augment import augment, center_crop
 from clip_lab.data.coco import CaptionedSplit, check_coco_files, load_coco_split
 from clip_lab.data.loader import CachedBatchLoader
@@ -99,25 +94,14 @@ class CocoRetrievalData(L.LightningDataModule):
         )
 
     def prepare_data(self) -> None:
-        """Build the caption and image caches of each split that has none or a stale one (runs in one process)."""
+        """Build the image and caption caches of each split that has none or a stale one (runs in one process)."""
         hp = self.hparams
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        splits = list(dict.fromkeys([hp.train_split, hp.test_split]))
-        for name in splits:
-            if image_cache.open_image_cache(hp.cache_dir, self._split(name), hp.cache_image_size) is None:
-                image_cache.build_image_cache(hp.cache_dir, self._split(name), hp.cache_image_size, device,
-                                              hp.num_workers)
-        encoder = None
-        for name in splits:
-            path, meta = self._cache(name)
-            if load_caption_cache(path, meta, self._split(name)) is not None:
-                continue
-            if encoder is None:
-                encoder = TextEncoder(hp.text_model, hp.max_length)
-                if torch.cuda.is_available():
-                    encoder = encoder.cuda()
-            log.info("building the caption cache of %s with %s -> %s", name, hp.text_model, path)
-            build_caption_cache(self._split(name), encoder, path, meta, hp.text_batch_size)
+        encoder = functools.cache(lambda: TextEncoder(hp.text_model, hp.max_length).to(device))  # loaded once, if needed
+        for name in dict.fromkeys([hp.train_split, hp.test_split]):
+            split = self._split(name)
+            image_cache.ensure_image_cache(hp.cache_dir, split, hp.cache_image_size, device, hp.num_workers)
+            ensure_caption_cache(split, hp.cache_dir, hp.text_model, hp.max_length, encoder, hp.text_batch_size)
 
     def _embeddings(self, name: str) -> Tensor:
         if name not in self.embeddings:

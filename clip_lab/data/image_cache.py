@@ -120,6 +120,14 @@ def build_image_cache(
     return np.load(data, mmap_mode="r")
 
 
+def ensure_image_cache(
+    cache_dir: str | Path, split: CaptionedSplit, size: int, device: str | torch.device = "cpu", workers: int = 8
+) -> np.ndarray:
+    """The split's valid cache, memory-mapped; built first if it is missing or stale."""
+    images = open_image_cache(cache_dir, split, size)
+    return images if images is not None else build_image_cache(cache_dir, split, size, device, workers)
+
+
 def _progress(total: int, desc: str) -> Any:
     from tqdm.auto import tqdm
 
