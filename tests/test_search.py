@@ -19,6 +19,9 @@ from clip_lab.data.image_cache import decode_pil
 from clip_lab.module import ClipLab
 from clip_lab.text import TextEncoder
 
+# the reference is computed in float32 on the CPU; on a GPU the jobs embed in bf16, so scores differ slightly
+ATOL = 5e-3 if torch.cuda.is_available() else 1e-4
+
 
 def ckpt_of(run):
     return str(run / "checkpoints" / "best.ckpt")
@@ -45,8 +48,8 @@ def test_text_query_returns_k_distinct_images_best_first(trained_run, demo_root,
     # the same query through the text tower by hand, against every image of the split
     expected = images @ TextEncoder(text_model, 32).encode(["a red circle"])[0]
     position = {int(i): k for k, i in enumerate(split.image_ids)}
-    assert torch.allclose(torch.tensor(scores), expected[[position[r["image_id"]] for r in rows]], atol=1e-4)
-    assert scores[0] == pytest.approx(expected.max().item(), abs=1e-4)
+    assert torch.allclose(torch.tensor(scores), expected[[position[r["image_id"]] for r in rows]], atol=ATOL)
+    assert scores[0] == pytest.approx(expected.max().item(), abs=ATOL)
     assert scores[-1] >= expected.topk(5).values[-1].item() - 1e-4
     # the 6-epoch model knows colours: most of the five show something red
     assert sum("red" in " ".join(c for c, i in zip(split.captions, split.caption_image)
@@ -104,7 +107,7 @@ def test_image_query_returns_top_captions_from_the_caption_cache(trained_run, de
     assert captions.stat().st_mtime_ns == stamp  # fit's caption cache, reused as it is
     embeddings = torch.load(captions, weights_only=True)["embeddings"].float()
     expected = embeddings @ images[3]
-    assert torch.allclose(torch.tensor([r["score"] for r in rows]), expected.topk(7).values, atol=1e-4)
+    assert torch.allclose(torch.tensor([r["score"] for r in rows]), expected.topk(7).values, atol=ATOL)
     by_id = dict(zip(split.caption_ids.tolist(), split.captions))
     assert all(by_id[r["caption_id"]] == r["caption"] for r in rows)
     assert all(r["image_id"] in split.image_ids for r in rows)

@@ -18,6 +18,9 @@ from clip_lab.data.synthetic import COLORS, SHAPES
 from clip_lab.module import ClipLab
 from clip_lab.text import TextEncoder
 
+# the reference is computed in float32 on the CPU; on a GPU the jobs embed in bf16, so probabilities (scale ~15 x cosine) differ slightly
+ATOL = 2e-2 if torch.cuda.is_available() else 1e-4
+
 
 def ckpt_of(run):
     return str(run / "checkpoints" / "best.ckpt")
@@ -47,7 +50,7 @@ def test_split_probabilities_accuracy_and_chance_are_what_they_say(trained_run, 
         image = model(center_crop(torch.from_numpy(np.stack([decode_pil(f, 72) for f in files])), 64))
     expected = (model.logit_scale.exp() * image @ classes.T).softmax(dim=1)
     got = torch.tensor([[p["probs"][c] for c in SHAPES] for p in preds[:8]])
-    assert torch.allclose(got, expected, atol=1e-4)
+    assert torch.allclose(got, expected, atol=ATOL)
     for p in preds:
         assert sum(p["probs"].values()) == pytest.approx(1, abs=1e-4)
         assert p["predicted"] == max(p["probs"], key=p["probs"].get) and p["probability"] == p["probs"][p["predicted"]]
