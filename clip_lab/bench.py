@@ -208,7 +208,7 @@ def bench_loader(args: argparse.Namespace, data_root: Path, device: torch.device
 
     dm = bench_datamodule(args, data_root)
     dm.prepare_data()
-    split = dm._split("train2014")
+    split = dm.split("train2014")
     sampler = PairBatchSampler(split.caption_start, args.batch_size, "image", drop_last=True)
     path = data_root / "cache" / f"images_train2014_{args.cache_image_size}.npy"
     loader = CachedBatchLoader(path, dm._embeddings("train2014"), sampler, device, threads=args.workers)

@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import CSVLogger
 from clip_lab.data.datamodule import CocoRetrievalData
 from clip_lab.errors import ClipLabError
 from clip_lab.module import ClipLab
+from clip_lab.runstats import RunStats
 
 
 class SaveFitConfig(SaveConfigCallback):
@@ -67,7 +68,10 @@ class ClipLabCLI(LightningCLI):
             # fit logs a CSV per epoch into the run folder; test writes test_metrics.json there and logs nothing else
             logger = CSVLogger(save_dir=config.results_dir, name=config.run, version="") if self.subcommand == "fit" else False
             kwargs.setdefault("logger", logger)
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        if self.subcommand == "fit":
+            trainer.callbacks.append(RunStats())  # results/<run>/run_stats.json: hardware, time, images/s
+        return trainer
 
 
 def main(argv: list[str] | None = None) -> ClipLabCLI:

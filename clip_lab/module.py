@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from clip_lab.files import save_json
+from clip_lab.examples import test_examples
+from clip_lab.files import save_json, save_torch
 from clip_lab.loss import InfoNCE
 from clip_lab.metrics import embedding_retrieval_metrics
 from clip_lab.model import ImageEncoder, ProjectionHead
@@ -71,6 +72,7 @@ class ClipLab(L.LightningModule):
         self._compiled_forward: Any = None  # set by to_fast_layout(compile=True); a function, not a submodule
         self._eval: list[tuple[Tensor, Tensor, Tensor]] = []
         self._first_caption: dict[str, float] = {}
+        self._examples: tuple[dict, dict] = ({}, {})
 
     def forward(self, images: Tensor) -> Tensor:
         """uint8 images -> L2-normalized embeddings in the text embedding space."""
@@ -156,13 +158,17 @@ class ClipLab(L.LightningModule):
                                "(limit_val_batches / limit_test_batches < 1 cannot give retrieval metrics)")
         image_emb, first_caption = image_emb[order], first_caption[order]
         caption_emb, caption_image = datamodule.retrieval_targets(stage)
-        metrics = embedding_retrieval_metrics(image_emb, caption_emb.to(self.device), caption_image.to(self.device))
+        caption_emb, caption_image = caption_emb.to(self.device), caption_image.to(self.device)
+        metrics = embedding_retrieval_metrics(image_emb, caption_emb, caption_image)
         metrics["loss"] = self._eval_loss(image_emb, first_caption, datamodule.hparams.batch_size)
         metrics["n_images"], metrics["n_captions"] = len(expected), len(caption_image)
         self.log_dict({f"{stage}/{k}": float(v) for k, v in metrics.items()})
         if stage == "test":
             self._first_caption = self._first_caption_metrics(image_emb, first_caption)
             self.log_dict({f"test/first_caption/{k}": float(v) for k, v in self._first_caption.items()})
+            split = datamodule.split(datamodule.hparams.test_split)
+            self._examples = test_examples(image_emb, caption_emb, caption_image, split, datamodule.eval_images(stage),
+                                           datamodule.eval_captions(stage))
         return metrics
 
     @staticmethod
@@ -211,4 +217,8 @@ class ClipLab(L.LightningModule):
             "metrics": metrics,
             "first_caption": {"protocol": FIRST_CAPTION_PROTOCOL, "metrics": self._first_caption},
         }
-        save_json(result, Path(self.trainer.log_dir) / "test_metrics.json")
+        run_dir = Path(self.trainer.log_dir)
+        examples, embeddings = self._examples
+        save_json(examples, run_dir / "test_examples.json")  # for the report's figures
+        save_torch(embeddings, run_dir / "test_embeddings.pt")
+        save_json(result, run_dir / "test_metrics.json")

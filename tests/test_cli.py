@@ -54,3 +54,31 @@ def test_missing_data_is_one_clear_line(tmp_path, demo_root, run_args, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: COCO 2014 files missing") and "nowhere/train2014/" in err[0]
     assert not (tmp_path / "results").exists()
+
+
+def test_fit_records_time_and_hardware_and_test_keeps_examples_for_the_report(trained_run):
+    stats = json.loads((trained_run / "run_stats.json").read_text())
+    assert stats["finished"] and stats["hardware"]["accelerator"] == "cpu" and stats["hardware"]["devices"] == 1
+    assert [e["epoch"] for e in stats["epochs"]] == list(range(6))
+    for e in stats["epochs"]:
+        assert e["train_images"] == 256 // 32 * 32 and e["train_images_per_s"] > 0
+        assert 0 < e["val_seconds"] < e["seconds"]
+    assert stats["fit_seconds"] >= sum(e["seconds"] for e in stats["epochs"])
+    examples = json.loads((trained_run / "test_examples.json").read_text())
+    assert len(examples["retrieval"]) == 8
+    for ex in examples["retrieval"]:
+        assert len(ex["captions"]) == 5 and len(ex["retrieved"]) == 5 and Path(ex["file"]).is_file()
+        scores = [r["score"] for r in ex["retrieved"]]
+        assert scores == sorted(scores, reverse=True)
+        assert all(r["correct"] == (r["image_id"] == ex["image_id"]) for r in ex["retrieved"])
+        assert all(r["caption"] in ex["captions"] for r in ex["retrieved"] if r["correct"])
+    sim = examples["similarity"]
+    assert len(sim["matrix"]) == len(sim["images"]) == len(sim["captions"]) == 8
+    assert all(len(row) == 8 for row in sim["matrix"])
+    emb = torch.load(trained_run / "test_embeddings.pt", weights_only=True)
+    assert emb["image"].shape == emb["caption"].shape == (96, 128) and len(emb["image_ids"]) == 96
+    # the heatmap's diagonal is each shown image against its own first caption, as in the saved embeddings
+    row = {int(i): k for k, i in enumerate(emb["image_ids"])}
+    shown = [row[im["image_id"]] for im in sim["images"]]
+    diagonal = (emb["image"][shown].float() * emb["caption"][shown].float()).sum(dim=1)
+    assert torch.allclose(torch.tensor(sim["matrix"]).diagonal(), diagonal, atol=3e-3)

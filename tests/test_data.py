@@ -96,7 +96,7 @@ def test_datamodule_batches_on_generated_data(demo_root, text_model, tmp_path):
     assert len(set(index.tolist())) == 16
     assert torch.allclose(text.float().norm(dim=1), torch.ones(16), atol=1e-2)
     # every row pairs an image with one of its own captions
-    split, emb = dm._split("train2014"), dm._embeddings("train2014")
+    split, emb = dm.split("train2014"), dm._embeddings("train2014")
     start = split.caption_start
     for row, i in enumerate(index.tolist()):
         assert any(torch.equal(text[row], emb[c]) for c in range(start[i], start[i + 1]))

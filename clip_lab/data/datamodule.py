@@ -81,14 +81,15 @@ class CocoRetrievalData(L.LightningDataModule):
         self.embeddings: dict[str, Tensor] = {}
 
     # -- caches -----------------------------------------------------------------------------------------------------
-    def _split(self, name: str) -> CaptionedSplit:
+    def split(self, name: str) -> CaptionedSplit:
+        """The named split (its annotations read once)."""
         if name not in self.splits:
             self.splits[name] = load_coco_split(self.hparams.data_root, name)
         return self.splits[name]
 
     def _cache(self, name: str) -> tuple[Path, dict]:
         hp = self.hparams
-        split = self._split(name)
+        split = self.split(name)
         return caption_cache_path(hp.cache_dir, name, hp.text_model, hp.max_length), expected_meta(
             split, hp.text_model, hp.max_length
         )
@@ -99,39 +100,45 @@ class CocoRetrievalData(L.LightningDataModule):
         device = "cuda" if torch.cuda.is_available() else "cpu"
         encoder = functools.cache(lambda: TextEncoder(hp.text_model, hp.max_length).to(device))  # loaded once, if needed
         for name in dict.fromkeys([hp.train_split, hp.test_split]):
-            split = self._split(name)
+            split = self.split(name)
             image_cache.ensure_image_cache(hp.cache_dir, split, hp.cache_image_size, device, hp.num_workers)
             ensure_caption_cache(split, hp.cache_dir, hp.text_model, hp.max_length, encoder, hp.text_batch_size)
 
     def _embeddings(self, name: str) -> Tensor:
         if name not in self.embeddings:
             path, meta = self._cache(name)
-            self.embeddings[name] = caption_embeddings(path, meta, self._split(name))
+            self.embeddings[name] = caption_embeddings(path, meta, self.split(name))
         return self.embeddings[name]
 
     # -- evaluation targets -------------------------------------------------------------------------------------------
     def eval_images(self, stage: str) -> np.ndarray:
         """Indices (into the test split) of the images evaluated at `stage`: a fixed seeded subset for validation."""
-        n = len(self._split(self.hparams.test_split).image_ids)
+        n = len(self.split(self.hparams.test_split).image_ids)
         k = self.hparams.val_images
         if stage == "test" or k <= 0 or k >= n:
             return np.arange(n)
         return np.sort(np.random.default_rng(self.hparams.seed).choice(n, size=k, replace=False))
 
+    def eval_captions(self, stage: str) -> np.ndarray:
+        """Indices (into the test split's captions) of the captions of the images evaluated at `stage`."""
+        split = self.split(self.hparams.test_split)
+        evaluated = np.zeros(len(split.image_ids), dtype=bool)
+        evaluated[self.eval_images(stage)] = True
+        return np.flatnonzero(evaluated[split.caption_image])
+
     def retrieval_targets(self, stage: str) -> tuple[Tensor, Tensor]:
-        """(caption embeddings, caption -> position in `eval_images(stage)`) for the captions of the evaluated images."""
-        split = self._split(self.hparams.test_split)
-        images = self.eval_images(stage)
+        """(caption embeddings, caption -> position in `eval_images(stage)`) for `eval_captions(stage)`."""
+        split = self.split(self.hparams.test_split)
+        images, captions = self.eval_images(stage), self.eval_captions(stage)
         position = np.full(len(split.image_ids), -1)
         position[images] = np.arange(len(images))
-        keep = position[split.caption_image] >= 0
-        emb = self._embeddings(self.hparams.test_split)[torch.from_numpy(np.flatnonzero(keep))]
-        return emb, torch.from_numpy(position[split.caption_image[keep]])
+        emb = self._embeddings(self.hparams.test_split)[torch.from_numpy(captions)]
+        return emb, torch.from_numpy(position[split.caption_image[captions]])
 
     # -- loaders ------------------------------------------------------------------------------------------------------
     def _loader(self, name: str, sampler: PairBatchSampler) -> CachedBatchLoader:
         hp = self.hparams
-        if image_cache.open_image_cache(hp.cache_dir, self._split(name), hp.cache_image_size) is None:
+        if image_cache.open_image_cache(hp.cache_dir, self.split(name), hp.cache_image_size) is None:
             raise RuntimeError(f"the image cache of {name} is missing or stale: prepare_data should have built it")
         path, _ = image_cache.image_cache_paths(hp.cache_dir, name, hp.cache_image_size)
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
@@ -139,13 +146,13 @@ class CocoRetrievalData(L.LightningDataModule):
 
     def train_dataloader(self) -> CachedBatchLoader:
         hp = self.hparams
-        split = self._split(hp.train_split)
+        split = self.split(hp.train_split)
         sampler = PairBatchSampler(split.caption_start, hp.batch_size, hp.pairs, shuffle=True, drop_last=True, seed=hp.seed)
         return self._loader(hp.train_split, sampler)
 
     def _eval_loader(self, stage: str) -> CachedBatchLoader:
         hp = self.hparams
-        split = self._split(hp.test_split)
+        split = self.split(hp.test_split)
         sampler = PairBatchSampler(split.caption_start, hp.eval_batch_size, "first", shuffle=False,
                                    images=self.eval_images(stage))
         return self._loader(hp.test_split, sampler)
