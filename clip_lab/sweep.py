@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runs = {v: [run_variant(v, s, args) for s in seeds] for v in args.variants}
     summary = summarize(runs)
     result = {"protocol": "standard (any of an image's captions counts); test split", "seeds": seeds,
+              "order": args.variants,  # the JSON's keys get sorted; tables and figures follow this order
               "base_configs": args.config, "overrides": args.overrides,
               "variants": {v: {"overlays": [str(f) for f in overlays(v)], **summary[v]} for v in args.variants}}
     out = Path(args.results_dir) / f"{args.name}.json"
