@@ -138,7 +138,7 @@ def save(fig: Any, out: Path, name: str) -> dict[str, str]:
     for fmt in ("png", "pdf"):
         path = out / f"{name}.{fmt}"
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=DPI)
+            fig.savefig(tmp, format=fmt, dpi=DPI, bbox_inches="tight", pad_inches=0.1)  # never clip a label
         paths[fmt] = str(path)
     return paths
 

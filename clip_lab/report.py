@@ -140,8 +140,8 @@ def test_results(result: dict[str, Any] | None, run: str, results_dir: str, tabl
         "tab:test_recall"))
     return (f"Test split {result['split']}: {m['n_images']:,} images, {m['n_captions']:,} captions; checkpoint "
             f"`{result.get('checkpoint')}`.\n\n" + markdown_table(headers, rows) +
-            "\n\nStandard protocol: " + result.get("protocol", "") + ". First caption only: "
-            + result.get("first_caption", {}).get("protocol", "not recorded") + ".")
+            "\n\nProtocols:\n\n- " + result.get("protocol", "") + "\n- "
+            + result.get("first_caption", {}).get("protocol", "first caption only: not recorded"))
 
 
 def ablation_results(summary: dict[str, Any] | None, name: str, results_dir: str, tables: Path) -> str:

@@ -18,7 +18,7 @@ from clip_lab.files import save_json
 def hardware(trainer: Trainer) -> dict[str, Any]:
     """What ran the fit: device name and count, precision, CPU cores, library versions."""
     device = trainer.strategy.root_device
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "CPU")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.machine()})"
     return {"device": name, "accelerator": device.type, "devices": trainer.num_devices,
             "precision": str(trainer.precision), "cpu_cores": os.cpu_count(), "torch": torch.__version__,
             "lightning": lightning.__version__}
