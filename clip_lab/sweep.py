@@ -23,6 +23,7 @@ from typing import Any
 from clip_lab import cli
 from clip_lab.errors import ClipLabError
 from clip_lab.files import atomic_path, save_json
+from clip_lab.tables import markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -95,27 +96,31 @@ def summarize(runs: dict[str, list[Path]]) -> dict[str, Any]:
     return out
 
 
-def markdown(summary: dict[str, Any], seeds: list[int]) -> str:
-    """Test recall (%) as mean ± std over seeds, and each variant's rsum difference to the baseline."""
-    head = "| variant | " + " | ".join(METRICS) + " | Δ rsum vs baseline | beyond seed spread? |"
-    lines = [f"Test recall in % (standard protocol), mean ± std over seeds {seeds}; rsum is the sum of the six.", "",
-             head, "|" + " --- |" * (len(METRICS) + 3)]
-    for variant, v in summary.items():
-        cells = []
-        for key in METRICS:
-            m = v["metrics"][key]
-            cells.append(f"{100 * m['mean']:.1f} ± {100 * m['std']:.1f}" if not math.isnan(m["std"])
-                         else f"{100 * m['mean']:.1f}")
+def ablation_table(summary: dict[str, Any], order: list[str] | None = None) -> tuple[list[str], list[list[str]]]:
+    """(headers, rows): test recall (%) as mean ± std per variant, its R-sum difference to the baseline with two
+    standard errors, and whether that difference is beyond the seed spread."""
+    headers = ["variant", *[k.replace("_", " ") for k in METRICS], "Δ R-sum (2 SE)", "beyond seed spread?"]
+    rows = []
+    for variant in order or list(summary):
+        v = summary[variant]
+        cells = [f"{100 * m['mean']:.1f} ± {100 * m['std']:.1f}" if not math.isnan(m["std"]) else f"{100 * m['mean']:.1f}"
+                 for m in (v["metrics"][key] for key in METRICS)]
         cmp = v.get("vs_baseline", {}).get("rsum")
         if variant == "baseline" or cmp is None:
-            diff, verdict = "", ""
+            tail = ["", ""]
         else:
-            diff = f"{100 * cmp['diff']:+.1f} (2 SE = {200 * cmp['se']:.1f})"
             verdict = {True: "**yes**", False: "no", None: "n/a (one seed)"}[cmp["beyond_spread"]]
-        lines.append(f"| {variant} | " + " | ".join(cells) + f" | {diff} | {verdict} |")
-    lines += ["", "Beyond seed spread: |Δ| > 2 standard errors of the difference of the means "
-              "(2·sqrt(s_b²/n_b + s_v²/n_v))."]
-    return "\n".join(lines) + "\n"
+            se = "" if math.isnan(cmp["se"]) else f" ({200 * cmp['se']:.1f})"
+            tail = [f"{100 * cmp['diff']:+.1f}{se}", verdict]
+        rows.append([variant, *cells, *tail])
+    return headers, rows
+
+
+def markdown(summary: dict[str, Any], seeds: list[int], order: list[str] | None = None) -> str:
+    """The sweep's table in Markdown, with what its columns mean."""
+    return (f"Test recall in % (standard protocol), mean ± std over seeds {seeds}; R-sum is the sum of the six.\n\n"
+            + markdown_table(*ablation_table(summary, order)) + "\n\nBeyond seed spread: |Δ| > 2 standard errors "
+            "of the difference of the means (2·sqrt(s_b²/n_b + s_v²/n_v)).\n")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -147,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "variants": {v: {"overlays": [str(f) for f in overlays(v)], **summary[v]} for v in args.variants}}
     out = Path(args.results_dir) / f"{args.name}.json"
     save_json(result, out)
-    table = markdown(summary, seeds)
+    table = markdown(summary, seeds, args.variants)
     with atomic_path(out.with_suffix(".md")) as tmp:
         tmp.write_text(table)
     print(f"\n{table}\nwritten: {out} and {out.with_suffix('.md')}")

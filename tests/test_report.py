@@ -52,7 +52,7 @@ def test_report_fills_tables_from_runs_and_keeps_the_students_text(trained_run, 
     std, first = metrics["metrics"], metrics["first_caption"]["metrics"]
     assert f"| image → text R@1 | {100 * std['i2t_R@1']:.1f} | {100 * first['i2t_R@1']:.1f} |" in text
     assert "torchvision `resnet18`" in text and "symmetric InfoNCE" in text
-    assert "| bn_head |" in text and "| +60.0 |" in text  # Δ R-sum 2.7 - 2.1 in %
+    assert "| bn_head |" in text and "| +60.0 (" in text  # Δ R-sum 2.7 - 2.1 in %, then 2 SE
     assert "| t | 1 x " in text  # the training-time table read run_stats.json
     for table in ("test_recall", "ablations", "training_time"):
         latex = (tmp_path / "report" / "tables" / f"{table}.tex").read_text()
