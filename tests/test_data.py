@@ -116,3 +116,22 @@ def test_datamodule_batches_on_generated_data(demo_root, text_model, tmp_path):
 def test_datamodule_rejects_a_crop_larger_than_the_cache(demo_root, text_model, tmp_path):
     with pytest.raises(ClipLabError, match="at most cache_image_size"):
         CocoRetrievalData(data_root=str(demo_root), text_model=text_model, image_size=64, cache_image_size=48)
+
+
+def test_unreadable_images_are_left_out_of_training_and_evaluation(demo_root, text_model, tmp_path):
+    import shutil
+
+    root = tmp_path / "coco"
+    shutil.copytree(demo_root, root)
+    train, val = load_coco_split(root, "train2014"), load_coco_split(root, "val2014")
+    train.image_path(3).write_bytes(b"")  # zero bytes
+    val.image_path(7).unlink()  # listed in the annotations, absent on disk
+    dm = CocoRetrievalData(data_root=str(root), text_model=text_model, max_length=32, cache_dir=str(tmp_path / "c"),
+                           image_size=32, cache_image_size=40, batch_size=16, num_workers=0, val_images=0,
+                           max_bad_images=0.05)
+    dm.prepare_data()
+    seen = torch.cat([b[2] for b in dm.train_dataloader()]).tolist()
+    assert 3 not in seen and len(seen) == 255 // 16 * 16
+    assert 7 not in dm.eval_images("test") and len(dm.eval_images("test")) == 95
+    _, caption_image = dm.retrieval_targets("test")
+    assert len(caption_image) == 95 * 5  # the absent image's captions are not in the gallery either

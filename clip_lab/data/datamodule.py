@@ -45,6 +45,8 @@ class CocoRetrievalData(L.LightningDataModule):
         pairs: "image" (each image once per epoch, a random caption) or "caption" (each caption once per epoch).
         val_images: size of the fixed validation subset of `test_split` (0 or more than the split: all of it).
         seed: seeds the validation subset and the per-epoch shuffles.
+        max_bad_images: fraction of a split's images that may be unreadable or absent; they are skipped (listed in
+            the image cache's metadata). More stops before training with the files named.
         text_batch_size: captions per batch when building the caption cache.
     """
 
@@ -65,6 +67,7 @@ class CocoRetrievalData(L.LightningDataModule):
         pairs: Pairs = "image",
         val_images: int = 5000,
         seed: int = 0,
+        max_bad_images: float = 0.01,
         text_batch_size: int = 1024,
         train_split: str = "train2014",
         test_split: str = "val2014",
@@ -101,7 +104,8 @@ class CocoRetrievalData(L.LightningDataModule):
         encoder = functools.cache(lambda: TextEncoder(hp.text_model, hp.max_length).to(device))  # loaded once, if needed
         for name in dict.fromkeys([hp.train_split, hp.test_split]):
             split = self.split(name)
-            image_cache.ensure_image_cache(hp.cache_dir, split, hp.cache_image_size, device, hp.num_workers)
+            image_cache.ensure_image_cache(hp.cache_dir, split, hp.cache_image_size, device, hp.num_workers,
+                                           hp.max_bad_images)
             ensure_caption_cache(split, hp.cache_dir, hp.text_model, hp.max_length, encoder, hp.text_batch_size)
 
     def _embeddings(self, name: str) -> Tensor:
@@ -111,13 +115,19 @@ class CocoRetrievalData(L.LightningDataModule):
         return self.embeddings[name]
 
     # -- evaluation targets -------------------------------------------------------------------------------------------
+    def usable_images(self, name: str) -> np.ndarray:
+        """Indices of the split's images that its image cache could read (the others are skipped everywhere)."""
+        split, hp = self.split(name), self.hparams
+        bad = image_cache.bad_image_indices(hp.cache_dir, split, hp.cache_image_size)
+        return np.setdiff1d(np.arange(len(split.image_ids)), bad)
+
     def eval_images(self, stage: str) -> np.ndarray:
         """Indices (into the test split) of the images evaluated at `stage`: a fixed seeded subset for validation."""
-        n = len(self.split(self.hparams.test_split).image_ids)
+        usable = self.usable_images(self.hparams.test_split)
         k = self.hparams.val_images
-        if stage == "test" or k <= 0 or k >= n:
-            return np.arange(n)
-        return np.sort(np.random.default_rng(self.hparams.seed).choice(n, size=k, replace=False))
+        if stage == "test" or k <= 0 or k >= len(usable):
+            return usable
+        return np.sort(np.random.default_rng(self.hparams.seed).choice(usable, size=k, replace=False))
 
     def eval_captions(self, stage: str) -> np.ndarray:
         """Indices (into the test split's captions) of the captions of the images evaluated at `stage`."""
@@ -147,7 +157,8 @@ class CocoRetrievalData(L.LightningDataModule):
     def train_dataloader(self) -> CachedBatchLoader:
         hp = self.hparams
         split = self.split(hp.train_split)
-        sampler = PairBatchSampler(split.caption_start, hp.batch_size, hp.pairs, shuffle=True, drop_last=True, seed=hp.seed)
+        sampler = PairBatchSampler(split.caption_start, hp.batch_size, hp.pairs, shuffle=True, drop_last=True,
+                                   seed=hp.seed, images=self.usable_images(hp.train_split))
         return self._loader(hp.train_split, sampler)
 
     def _eval_loader(self, stage: str) -> CachedBatchLoader:

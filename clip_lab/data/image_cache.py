@@ -97,9 +97,14 @@ def decode_pil(path: str | Path, size: int) -> np.ndarray:
 
 
 def build_image_cache(
-    cache_dir: str | Path, split: CaptionedSplit, size: int, device: str | torch.device = "cpu", workers: int = 8
+    cache_dir: str | Path, split: CaptionedSplit, size: int, device: str | torch.device = "cpu", workers: int = 8,
+    max_bad: float = 0.01,
 ) -> np.ndarray:
-    """Decode every image of `split` into the cache (atomically) and return it memory-mapped read-only."""
+    """Decode every image of `split` into the cache (atomically) and return it memory-mapped read-only.
+
+    Unreadable or absent images are skipped (their rows stay black), listed under `bad_images` in the metadata and
+    summed up in one log line; more than `max_bad` of the split unreadable stops the build (nothing is kept).
+    """
     data, meta_file = image_cache_paths(cache_dir, split.name, size)
     meta = expected_meta(split, size)
     files = [str(split.image_path(i)) for i in range(len(split.file_names))]
@@ -110,22 +115,52 @@ def build_image_cache(
         del out  # each writer opens its own view of the file; this one only sized it
         with _progress(len(files), f"image cache {split.name} ({size}px, {device.type})") as bar:
             if device.type == "cuda":
-                _fill_gpu(tmp, files, size, device, bar, readers=max(1, workers))
+                bad = _fill_gpu(tmp, files, size, device, bar, readers=max(1, workers))
             else:
-                _fill_cpu(tmp, files, size, bar, workers=max(1, min(workers, os.cpu_count() or 1)))
+                bad = _fill_cpu(tmp, files, size, bar, workers=max(1, min(workers, os.cpu_count() or 1)))
+        meta["bad_images"] = [{"index": i, "file": files[i], "reason": reason} for i, reason in sorted(bad)]
+        check_bad_images(meta, max_bad, data)
         meta_file.unlink(missing_ok=True)  # data and metadata are two renames: never leave old metadata on new pixels
     save_json(meta, meta_file)
     dt = time.perf_counter() - t0
     log.info("image cache %s: %d images in %.1f s (%.0f images/s)", data, len(files), dt, len(files) / max(dt, 1e-9))
+    if bad:
+        first = meta["bad_images"][0]
+        log.warning("image cache %s: %d of %d images unreadable or absent, skipped (listed in %s; first: %s: %s)",
+                    data, len(bad), len(files), meta_file, first["file"], first["reason"])
     return np.load(data, mmap_mode="r")
 
 
+def check_bad_images(meta: dict[str, Any], max_bad: float, where: str | Path) -> None:
+    """Stop when more than `max_bad` (a fraction) of a split's images are unreadable: that is a broken download."""
+    bad = meta.get("bad_images", [])
+    if len(bad) > max_bad * meta["n_images"]:
+        examples = "; ".join(f"{b['file']} ({b['reason']})" for b in bad[:3])
+        raise ClipLabError(
+            f"{len(bad)} of {meta['n_images']} images of {meta['split']} are unreadable or absent (more than "
+            f"max_bad_images={max_bad:g} of the split), e.g. {examples}. Fix: re-download or re-extract the split, "
+            f"or raise data.max_bad_images to train without them ({where})")
+
+
+def bad_image_indices(cache_dir: str | Path, split: CaptionedSplit, size: int) -> np.ndarray:
+    """Indices of the images the split's cache skipped (unreadable or absent)."""
+    _, meta_file = image_cache_paths(cache_dir, split.name, size)
+    meta = json.loads(meta_file.read_text())
+    return np.array([b["index"] for b in meta.get("bad_images", [])], dtype=np.int64)
+
+
 def ensure_image_cache(
-    cache_dir: str | Path, split: CaptionedSplit, size: int, device: str | torch.device = "cpu", workers: int = 8
+    cache_dir: str | Path, split: CaptionedSplit, size: int, device: str | torch.device = "cpu", workers: int = 8,
+    max_bad: float = 0.01,
 ) -> np.ndarray:
-    """The split's valid cache, memory-mapped; built first if it is missing or stale."""
+    """The split's valid cache, memory-mapped; built first if it is missing or stale. Either way, more than
+    `max_bad` of the split unreadable stops with a clear error."""
     images = open_image_cache(cache_dir, split, size)
-    return images if images is not None else build_image_cache(cache_dir, split, size, device, workers)
+    if images is None:
+        return build_image_cache(cache_dir, split, size, device, workers, max_bad)
+    _, meta_file = image_cache_paths(cache_dir, split.name, size)
+    check_bad_images(json.loads(meta_file.read_text()), max_bad, meta_file)
+    return images
 
 
 def _progress(total: int, desc: str) -> Any:
@@ -143,28 +178,39 @@ def _pool_init(path: str) -> None:
     _OUT = np.load(path, mmap_mode="r+")
 
 
-def _pool_task(task: tuple[int, list[str], int]) -> int:
+def _pool_task(task: tuple[int, list[str], int]) -> tuple[int, list[tuple[int, str]]]:
     start, files, size = task
+    bad = []
     for k, f in enumerate(files):
-        _OUT[start + k] = decode_pil(f, size)
-    return len(files)
+        try:
+            _OUT[start + k] = decode_pil(f, size)
+        except ClipLabError as e:
+            bad.append((start + k, str(e.__cause__ or e)))
+    return len(files), bad
 
 
-def _fill_cpu(path: Path, files: list[str], size: int, bar: Any, workers: int) -> None:
+def _fill_cpu(path: Path, files: list[str], size: int, bar: Any, workers: int) -> list[tuple[int, str]]:
+    """Decode into the file at `path`; return the (index, reason) of each image that could not be read."""
     tasks = [(s, files[s : s + CHUNK], size) for s in range(0, len(files), CHUNK)]
+    bad: list[tuple[int, str]] = []
     if workers == 1:
         _pool_init(str(path))
-        for t in tasks:
-            bar.update(_pool_task(t))
-        return
-    with multiprocessing.get_context().Pool(workers, initializer=_pool_init, initargs=(str(path),)) as pool:
-        for n in pool.imap_unordered(_pool_task, tasks):
+        results = map(_pool_task, tasks)
+        for n, b in results:
             bar.update(n)
+            bad += b
+        return bad
+    with multiprocessing.get_context().Pool(workers, initializer=_pool_init, initargs=(str(path),)) as pool:
+        for n, b in pool.imap_unordered(_pool_task, tasks):
+            bar.update(n)
+            bad += b
+    return bad
 
 
 # -- GPU: threads read the files ahead, nvJPEG decodes a chunk at a time, resizing is batched by crop size, and a
 #    writer thread puts each finished chunk into the file while the GPU decodes the next --------------------------
-def _fill_gpu(path: Path, files: list[str], size: int, device: torch.device, bar: Any, readers: int) -> None:
+def _fill_gpu(path: Path, files: list[str], size: int, device: torch.device, bar: Any,
+              readers: int) -> list[tuple[int, str]]:
     from torchvision.io import ImageReadMode, decode_jpeg
 
     offset = np.load(path, mmap_mode="r").offset  # pixels start after the .npy header
@@ -173,18 +219,22 @@ def _fill_gpu(path: Path, files: list[str], size: int, device: torch.device, bar
     buffers = [torch.empty((CHUNK, size, size, 3), dtype=torch.uint8, pin_memory=pinned) for _ in range(2)]
     n_pil = 0
 
+    bad: list[tuple[int, str]] = []
+
     def read(chunk: list[str]) -> list[torch.Tensor]:
-        return [torch.frombuffer(bytearray(Path(f).read_bytes()), dtype=torch.uint8) for f in chunk]
+        # an absent or empty file gives an empty buffer, which no decoder accepts: PIL then names the problem
+        return [torch.frombuffer(bytearray(Path(f).read_bytes()), dtype=torch.uint8) if Path(f).is_file()
+                and Path(f).stat().st_size else torch.zeros(0, dtype=torch.uint8) for f in chunk]
 
     def decode(chunk: list[str], raw: list[torch.Tensor]) -> list[torch.Tensor | None]:
         try:
             return decode_jpeg(raw, mode=ImageReadMode.RGB, device=device)
-        except RuntimeError:  # one image nvJPEG cannot take (CMYK, PNG named .jpg...) fails the whole batch
+        except (RuntimeError, ValueError):  # one image nvJPEG cannot take (CMYK, PNG named .jpg...) fails the whole batch
             decoded: list[torch.Tensor | None] = []
             for r in raw:
                 try:
                     decoded.append(decode_jpeg(r, mode=ImageReadMode.RGB, device=device))
-                except RuntimeError:
+                except (RuntimeError, ValueError):
                     decoded.append(None)  # PIL decodes it below
             return decoded
 
@@ -203,8 +253,12 @@ def _fill_gpu(path: Path, files: list[str], size: int, device: torch.device, bar
                 by_side: dict[int, list[int]] = {}
                 for k, img in enumerate(decoded):
                     if img is None:
-                        squares[k] = torch.from_numpy(decode_pil(chunk[k], size)).to(device)
-                        n_pil += 1
+                        try:
+                            squares[k] = torch.from_numpy(decode_pil(chunk[k], size)).to(device)
+                            n_pil += 1
+                        except ClipLabError as e:
+                            squares[k] = 0
+                            bad.append((i * CHUNK + k, str(e.__cause__ or e)))
                     else:
                         by_side.setdefault(min(img.shape[-2:]), []).append(k)
                 for side, ks in by_side.items():  # COCO: nearly all 640x480 / 480x640 -> one group of 480x480
@@ -226,6 +280,7 @@ def _fill_gpu(path: Path, files: list[str], size: int, device: torch.device, bar
         os.close(fd)
     if n_pil:
         log.info("image cache: %d images nvJPEG could not decode were decoded by PIL", n_pil)
+    return bad
 
 
 def _pwrite(fd: int, data: torch.Tensor, offset: int) -> None:
