@@ -114,8 +114,11 @@ def test_results(result: dict[str, Any] | None, run: str, results_dir: str, tabl
     write_text(tables / "test_recall.tex", latex_table(
         headers, rows, f"Test retrieval on {result['split']} ({m['n_images']} images, {m['n_captions']} captions)",
         "tab:test_recall"))
+    uncaptioned = m["n_images"] - m.get("i2t_n", m["n_images"])
+    note = (f" {uncaptioned} images have no caption: they are excluded from image → text (no ground truth) and stay "
+            "in the gallery for text → image." if uncaptioned else "")
     return (f"Test split {result['split']}: {m['n_images']:,} images, {m['n_captions']:,} captions; checkpoint "
-            f"`{result.get('checkpoint')}`.\n\n" + markdown_table(headers, rows) +
+            f"`{result.get('checkpoint')}`.{note}\n\n" + markdown_table(headers, rows) +
             "\n\nProtocols:\n\n- " + result.get("protocol", "") + "\n- "
             + result.get("first_caption", {}).get("protocol", "first caption only: not recorded"))
 

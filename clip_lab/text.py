@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import os
 import socket
 from pathlib import Path
@@ -17,6 +18,8 @@ from torch import Tensor, nn
 
 from clip_lab.errors import ClipLabError
 from clip_lab.files import sha256_file
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TEXT_MODEL = "openai/clip-vit-base-patch32"
 
@@ -120,9 +123,17 @@ class TextEncoder(nn.Module):
         is called directly (all cores, no per-text Python dicts): ~3x the captions/s on COCO-sized lists.
         """
         if self._backend is None:
-            return self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
-        encode_batch = getattr(self._backend, "encode_batch_fast", self._backend.encode_batch)
-        return [e.ids for e in encode_batch(list(texts))]
+            full = self.tokenizer(list(texts))["input_ids"]
+            ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+            truncated = sum(len(f) > len(i) for f, i in zip(full, ids))
+        else:
+            encode_batch = getattr(self._backend, "encode_batch_fast", self._backend.encode_batch)
+            encodings = encode_batch(list(texts))
+            ids, truncated = [e.ids for e in encodings], sum(bool(e.overflowing) for e in encodings)
+        if truncated:
+            log.warning("%d of %d texts are longer than max_length=%d tokens and were truncated (%s)", truncated,
+                        len(ids), self.max_length, self.name)
+        return ids
 
     @torch.inference_mode()
     def encode(self, texts: Sequence[str], batch_size: int = 1024, progress: bool = False) -> Tensor:

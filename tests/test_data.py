@@ -135,3 +135,31 @@ def test_unreadable_images_are_left_out_of_training_and_evaluation(demo_root, te
     assert 7 not in dm.eval_images("test") and len(dm.eval_images("test")) == 95
     _, caption_image = dm.retrieval_targets("test")
     assert len(caption_image) == 95 * 5  # the absent image's captions are not in the gallery either
+
+
+def test_captions_empty_dropped_any_count_any_unicode_long_ones_truncated(demo_root, text_model, tmp_path, caplog):
+    import shutil
+
+    from clip_lab.text import TextEncoder
+
+    root = tmp_path / "coco"
+    shutil.copytree(demo_root, root)
+    ann = root / "annotations" / "captions_val2014.json"
+    raw = json.loads(ann.read_text())
+    first, second, third = (im["id"] for im in raw["images"][:3])
+    raw["annotations"] = [a for a in raw["annotations"] if a["image_id"] not in (first, second)]
+    extra = [(first, "   "), (first, ""), (first, "\t\n"),  # image `first` keeps no caption at all
+             *[(second, f"caption {k} — ünïcödé 中文 🎉") for k in range(7)],  # seven captions
+             (third, " ".join(["a red circle"] * 40))]  # far past the text tower's 32 tokens
+    for k, (image, text) in enumerate(extra):
+        raw["annotations"].append({"id": 90_000_000 + k, "image_id": image, "caption": text})
+    ann.write_text(json.dumps(raw, ensure_ascii=False))
+    with caplog.at_level("WARNING"):
+        split = load_coco_split(root, "val2014")
+    assert "3 empty or whitespace-only captions dropped" in caplog.text
+    counts = np.diff(split.caption_start)
+    assert counts[0] == 0 and counts[1] == 7 and counts[2] == 6
+    with caplog.at_level("WARNING"):
+        emb = TextEncoder(text_model, 32).encode(split.captions)
+    assert "1 of" in caplog.text and "longer than max_length=32 tokens and were truncated" in caplog.text
+    assert torch.isfinite(emb).all() and len(emb) == len(split.captions)

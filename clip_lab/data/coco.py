@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from clip_lab.errors import ClipLabError
+
+log = logging.getLogger(__name__)
 
 COCO_DOWNLOAD = {
     "train2014": "http://images.cocodataset.org/zips/train2014.zip",
@@ -78,7 +81,15 @@ def load_coco_split(data_root: str | Path, split: str) -> CaptionedSplit:
                            f"re-download it from {COCO_DOWNLOAD['annotations']}") from e
     image_ids = np.array(sorted(coco.imgs), dtype=np.int64)
     position = {int(img): i for i, img in enumerate(image_ids)}
-    anns = sorted(coco.anns.values(), key=lambda a: (position[a["image_id"]], a["id"]))
+    anns = [a for a in coco.anns.values() if isinstance(a.get("caption"), str) and a["caption"].strip()]
+    if len(anns) < len(coco.anns):
+        log.warning("%s: %d empty or whitespace-only captions dropped", ann, len(coco.anns) - len(anns))
+    orphans = [a for a in anns if a["image_id"] not in position]
+    if orphans:
+        raise ClipLabError(f"{ann}: {len(orphans)} captions name images that are not in its image list (e.g. "
+                           f"annotation {orphans[0]['id']} -> image {orphans[0]['image_id']}); re-download it from "
+                           f"{COCO_DOWNLOAD['annotations']}")
+    anns = sorted(anns, key=lambda a: (position[a["image_id"]], a["id"]))
     return CaptionedSplit(
         name=split,
         annotation_file=ann,
