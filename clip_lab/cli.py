@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import warnings
+from argparse import ArgumentError
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from clip_lab.data.datamodule import CocoRetrievalData
 from clip_lab.errors import ClipLabError
-from clip_lab.module import ClipLab
+from clip_lab.module import ARCHITECTURE, ClipLab, check_compatible
 from clip_lab.runstats import RunStats
 
 
@@ -26,8 +28,37 @@ class SaveFitConfig(SaveConfigCallback):
             super().setup(trainer, pl_module, stage)
 
 
+class RunCSVLogger(CSVLogger):
+    """`results/<run>/metrics.csv`; on a resumed fit it keeps the rows of the epochs the checkpoint holds (Lightning's
+    CSVLogger would delete the file) and drops those of the epoch that was cut short, which is trained again."""
+
+    def __init__(self, results_dir: str, run: str, resume_from: str | None = None) -> None:
+        super().__init__(save_dir=results_dir, name=run, version="")
+        self.resume_from = resume_from
+
+    @property
+    def experiment(self) -> Any:
+        if self._experiment is not None or not self.resume_from:
+            return super().experiment
+        path = Path(self.log_dir) / "metrics.csv"
+        rows = list(csv.DictReader(path.open(newline=""))) if path.is_file() else []
+        last = torch.load(self.resume_from, map_location="cpu", weights_only=True, mmap=True).get("epoch", -1)
+        experiment = super().experiment  # (deletes the old file)
+        kept = [r for r in rows if r.get("epoch") not in (None, "") and int(float(r["epoch"])) <= last]
+        if kept:
+            experiment.metrics_keys = sorted(kept[0].keys())
+            with path.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=experiment.metrics_keys)
+                writer.writeheader()
+                writer.writerows(kept)
+        return experiment
+
+
 class ClipLabCLI(LightningCLI):
     """Adds `--run NAME`: config, CSV log, checkpoints and test metrics of a run all land in `<results_dir>/NAME/`."""
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        return super().init_parser(**kwargs, exit_on_error=False)  # main() turns the error into one line
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--run", type=str, default="baseline", help="run name: outputs go to <results_dir>/<run>/")
@@ -49,7 +80,22 @@ class ClipLabCLI(LightningCLI):
         config = self.config[self.subcommand]
         return Path(config.results_dir) / config.run
 
+    def _parse_ckpt_path(self) -> None:
+        # Lightning replaces the config's model options by the checkpoint's: refuse instead when the architecture
+        # asked for differs, rather than silently running another model than the one on the command line
+        sub = self.config.get("subcommand")
+        ckpt = self.config[sub].get("ckpt_path") if sub else None
+        if ckpt and Path(ckpt).is_file():
+            stored = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})
+            model = self.config[sub]["model"]
+            check_compatible(stored, {k: model.get(k) for k in ARCHITECTURE if k != "embed_dim"})  # linked later
+        super()._parse_ckpt_path()
+
     def before_instantiate_classes(self) -> None:
+        ckpt = self.config[self.subcommand].get("ckpt_path")
+        if ckpt and not Path(ckpt).is_file():
+            raise ClipLabError(f"checkpoint {ckpt} does not exist; runs keep theirs in results/<run>/checkpoints/ "
+                               "(best.ckpt, last.ckpt)")
         if self.subcommand != "fit":
             return
         run_dir = self._run_dir()
@@ -66,7 +112,8 @@ class ClipLabCLI(LightningCLI):
         kwargs.setdefault("default_root_dir", str(run_dir))
         if config.trainer.get("logger") in (None, True):
             # fit logs a CSV per epoch into the run folder; test writes test_metrics.json there and logs nothing else
-            logger = CSVLogger(save_dir=config.results_dir, name=config.run, version="") if self.subcommand == "fit" else False
+            resume = config.get("ckpt_path") if self.subcommand == "fit" else None
+            logger = RunCSVLogger(config.results_dir, config.run, resume) if self.subcommand == "fit" else False
             kwargs.setdefault("logger", logger)
         trainer = super().instantiate_trainer(**kwargs)
         if self.subcommand == "fit":
@@ -82,11 +129,16 @@ def main(argv: list[str] | None = None) -> ClipLabCLI:
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
         # jsonargparse 4.x deprecations of the API Lightning's CLI calls ((?s): their messages start with a newline)
         warnings.filterwarnings("ignore", message=r"(?s).*(was deprecated in v4\.|JsonargparseDeprecationWarning)")
-        return ClipLabCLI(
-            ClipLab,
-            CocoRetrievalData,
-            save_config_callback=SaveFitConfig,
-            save_config_kwargs={"overwrite": True},
-            args=argv,
-            auto_configure_optimizers=False,
-        )
+        try:
+            return ClipLabCLI(
+                ClipLab,
+                CocoRetrievalData,
+                save_config_callback=SaveFitConfig,
+                save_config_kwargs={"overwrite": True},
+                args=argv,
+                auto_configure_optimizers=False,
+            )
+        except ArgumentError as e:  # unknown keys, wrong types, missing config files: one line, nothing written
+            job = next((a for a in (argv or []) if not a.startswith("-")), "fit")
+            message = " ".join(str(e).split())
+            raise ClipLabError(f"{message} (python -m clip_lab {job} --help lists every option)") from None

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from clip_lab.errors import ClipLabError
 from clip_lab.examples import test_examples
 from clip_lab.files import save_json, save_torch
 from clip_lab.loss import InfoNCE
@@ -24,6 +25,19 @@ FIRST_CAPTION_PROTOCOL = (
     "image is paired with its first caption alone and recall is read off the diagonal of that square matrix, so "
     "an image's other captions are not in the gallery; ties count against the model"
 )
+
+
+FINITE_CHECK_EVERY = 50  # steps between looks at the NaN/inf flag (each look is one host sync)
+ARCHITECTURE = ("backbone", "embed_dim", "head_hidden", "head_norm")  # what a checkpoint's weights are shaped by
+
+
+def check_compatible(stored: dict[str, Any], current: dict[str, Any]) -> None:
+    """A checkpoint of another architecture gives one clear line instead of a state_dict shape mismatch."""
+    diff = [f"{k}: checkpoint {stored.get(k)!r}, config {current.get(k)!r}" for k in ARCHITECTURE
+            if k in stored and k in current and stored.get(k) != current.get(k)]
+    if diff:
+        raise ClipLabError("the checkpoint was trained with another model (" + "; ".join(diff) + "): use the run's "
+                           "own config (-c results/<run>/config.yaml) or set those model options to match")
 
 
 class ClipLab(L.LightningModule):
@@ -69,7 +83,9 @@ class ClipLab(L.LightningModule):
         self.head = ProjectionHead(self.image_encoder.out_dim, embed_dim, head_hidden, head_norm)
         self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / temperature)))
         self.loss = InfoNCE()
-        self._compiled_forward: Any = None  # set by to_fast_layout(compile=True); a function, not a submodule
+        self._compiled_forward: Any = None
+        self._nonfinite: Tensor | None = None
+        self._checked_step = 0  # set by to_fast_layout(compile=True); a function, not a submodule
         self._eval: list[tuple[Tensor, Tensor, Tensor]] = []
         self._first_caption: dict[str, float] = {}
         self._examples: tuple[dict, dict] = ({}, {})
@@ -97,6 +113,9 @@ class ClipLab(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
         images, text, _ = batch
         loss, acc = self.train_loss(images, text)
+        # remembered on the device, read every FINITE_CHECK_EVERY steps: one host sync per 50 steps, not per step
+        nonfinite = ~torch.isfinite(loss.detach())
+        self._nonfinite = nonfinite if self._nonfinite is None else self._nonfinite | nonfinite
         # epoch-level logging accumulates on the device: no host sync per step
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log("train/acc", acc, on_step=False, on_epoch=True)
@@ -106,6 +125,43 @@ class ClipLab(L.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         with torch.no_grad():  # CLIP clamps the learnable scale after each step
             self.logit_scale.clamp_(max=math.log(self.hparams.max_logit_scale))
+        if self._nonfinite is not None and (self.global_step % FINITE_CHECK_EVERY == 0
+                                            or batch_idx + 1 == self.trainer.num_training_batches):
+            self._check_finite()
+
+    def _check_finite(self) -> None:
+        """Stop at the first check after the loss went NaN or infinite, naming the steps and the last good checkpoint."""
+        if bool(self._nonfinite):
+            callback = self.trainer.checkpoint_callback
+            good = (getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")) or "none yet"
+            raise ClipLabError(
+                f"the training loss became NaN or infinite at or before global step {self.global_step} (after step "
+                f"{self._checked_step}, the last check); last good checkpoint: {good}. Lower model.lr / "
+                "model.backbone_lr or check the data, then resume from it with --ckpt_path")
+        self._checked_step = self.global_step
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the augmentation's random state, so a resumed run draws the same crops as an uninterrupted one
+        checkpoint["clip_lab_rng"] = {"cpu": torch.get_rng_state(),
+                                      "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_compatible(checkpoint.get("hyper_parameters", {}), self.hparams)
+        mine, theirs = self.state_dict(), checkpoint.get("state_dict", {})
+        differ = sorted(set(mine) ^ set(theirs)) + [k for k in mine if k in theirs and mine[k].shape != theirs[k].shape]
+        if differ:  # hyperparameters can be overridden on loading; the tensors cannot lie
+            k = differ[0]
+            shapes = f"{tuple(theirs[k].shape) if k in theirs else 'absent'} in the checkpoint, " \
+                     f"{tuple(mine[k].shape) if k in mine else 'absent'} here"
+            raise ClipLabError(f"the checkpoint holds another model than this configuration builds ({len(differ)} "
+                               f"tensors differ, e.g. {k}: {shapes}); load it with the run's own config or matching "
+                               "model options")
+        rng = checkpoint.get("clip_lab_rng")
+        trainer = self._trainer  # None when loaded outside a Trainer (load_from_checkpoint)
+        if rng and trainer is not None and trainer.state.fn == "fit":  # resuming: continue the same stream
+            torch.set_rng_state(rng["cpu"])
+            if rng["cuda"] and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(rng["cuda"])
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.build_optimizer()

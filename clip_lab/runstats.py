@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
@@ -35,6 +36,7 @@ class RunStats(Callback):
         self.stats: dict[str, Any] = {}
         self._t_fit = self._t_epoch = self._t_val = 0.0
         self._val_seconds = 0.0
+        self._earlier_seconds = 0.0  # fit time of the epochs before a resume
 
     def _now(self, module: LightningModule) -> float:
         if module.device.type == "cuda":
@@ -48,6 +50,14 @@ class RunStats(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._t_fit = self._now(pl_module)
         self.stats = {"hardware": hardware(trainer), "epochs": [], "fit_seconds": None, "finished": False}
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        earlier = Path(trainer.log_dir or "") / "run_stats.json"
+        if trainer.ckpt_path and earlier.is_file():  # resumed (the epoch is restored by now): keep the earlier epochs
+            old = json.loads(earlier.read_text())
+            self.stats["epochs"] = [e for e in old.get("epochs", []) if e["epoch"] < trainer.current_epoch]
+            self.stats["resumed_at_epoch"] = trainer.current_epoch
+            self._earlier_seconds = sum(e["seconds"] for e in self.stats["epochs"])
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._t_epoch, self._val_seconds = self._now(pl_module), 0.0
@@ -68,10 +78,10 @@ class RunStats(Callback):
             "val_seconds": self._val_seconds, "train_images": images,
             "train_images_per_s": images / train_seconds if train_seconds > 0 else None,
         })
-        self.stats["fit_seconds"] = time.perf_counter() - self._t_fit
+        self.stats["fit_seconds"] = self._earlier_seconds + time.perf_counter() - self._t_fit
         self._save(trainer)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.stats["fit_seconds"] = self._now(pl_module) - self._t_fit
+        self.stats["fit_seconds"] = self._earlier_seconds + self._now(pl_module) - self._t_fit
         self.stats["finished"] = True
         self._save(trainer)

@@ -141,3 +141,40 @@ def test_gpu_decoding_matches_the_cpu_path(demo_root, tmp_path):
     cpu = image_cache.build_image_cache(tmp_path / "cpu", split, 64, "cpu", workers=2)
     diff = np.abs(np.asarray(gpu).astype(np.int16) - np.asarray(cpu).astype(np.int16))
     assert diff.mean() < 1.5 and np.percentile(diff, 99) <= 12  # two JPEG decoders' IDCTs, same resize
+
+
+def _build(args):
+    root, cache = args
+    from clip_lab.data import image_cache as ic
+    from clip_lab.data.coco import load_coco_split as load
+
+    ic.build_image_cache(cache, load(root, "val2014"), 24, "cpu", workers=1)
+
+
+def test_two_processes_building_one_cache_leave_one_valid_cache(demo_root, tmp_path):
+    import multiprocessing
+
+    cache = tmp_path / "cache"
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        pool.map(_build, [(str(demo_root), str(cache))] * 2)
+    split = load_coco_split(demo_root, "val2014")
+    images = image_cache.open_image_cache(cache, split, 24)
+    assert images is not None and images.shape == (96, 24, 24, 3)
+    assert np.array_equal(images[10], image_cache.decode_pil(split.image_path(10), 24))
+    assert sorted(p.name for p in cache.iterdir()) == ["images_val2014_24.json", "images_val2014_24.npy"]  # no temp
+
+
+def test_an_interrupted_build_leaves_nothing_a_later_run_trusts(demo_root, tmp_path, monkeypatch):
+    split = load_coco_split(demo_root, "val2014")
+    cache = tmp_path / "cache"
+    image_cache.build_image_cache(cache, split, 24, "cpu", workers=1)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(image_cache, "_fill_cpu", crash)
+    with pytest.raises(KeyboardInterrupt):  # a rebuild (say at another size) killed half way
+        image_cache.build_image_cache(cache, split, 32, "cpu", workers=1)
+    assert image_cache.open_image_cache(cache, split, 32) is None
+    assert image_cache.open_image_cache(cache, split, 24) is not None  # the earlier cache is untouched
+    assert sorted(p.name for p in cache.iterdir()) == ["images_val2014_24.json", "images_val2014_24.npy"]
