@@ -31,7 +31,7 @@ GALLERY_VERSION = 1  # bump when what the image gallery cache stores changes
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 # the datamodule settings inference needs: taken from the checkpoint, each overridable by the flag of the same name
 DATA_FLAGS = {"data_root": str, "cache_dir": str, "text_model": str, "max_length": int, "image_size": int,
-              "cache_image_size": int}
+              "cache_image_size": int, "max_bad_images": float}
 
 
 def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
@@ -198,8 +198,10 @@ def open_split(ckpt: Checkpoint, name: str) -> CaptionedSplit:
     return load_coco_split(root, name)
 
 
-def image_gallery(ckpt: Checkpoint, split: CaptionedSplit) -> tuple[Tensor, Path]:
-    """(float32 `[n_images, dim]` embeddings of every image of `split`, their cache file).
+def image_gallery(ckpt: Checkpoint, split: CaptionedSplit) -> tuple[Tensor, np.ndarray, Path]:
+    """(float32 `[n, dim]` embeddings of the split's readable images, their indices in `split`, the cache file).
+
+    Images the image cache skipped (unreadable or absent) are left out, as in training and evaluation.
 
     Computed once per checkpoint (by content hash), split and image size, from the split's image cache (built if
     missing), and stored under cache_dir with what it depends on; a cache whose metadata differs is rebuilt.
@@ -210,15 +212,17 @@ def image_gallery(ckpt: Checkpoint, split: CaptionedSplit) -> tuple[Tensor, Path
     meta = {"version": GALLERY_VERSION, "checkpoint_sha256": ckpt.sha256, "image_size": hp["image_size"],
             "image_cache": image_cache.expected_meta(split, size), "dim": ckpt.model.hparams.embed_dim}
     emb = _load_gallery(path, meta)
-    if emb is not None:
+    if emb is None:
+        t0 = time.perf_counter()
+        pixels = image_cache.ensure_image_cache(hp["cache_dir"], split, size, ckpt.device, hp["num_workers"],
+                                                hp["max_bad_images"])
+        emb = embed_images(ckpt, pixels, progress=True)
+        save_torch({"meta": meta, "embeddings": emb, "image_ids": torch.from_numpy(split.image_ids)}, path)
+        log.info("image gallery %s: %d images embedded in %.1f s", path, len(emb), time.perf_counter() - t0)
+    else:
         log.info("image gallery %s: reused", path)
-        return emb, path
-    t0 = time.perf_counter()
-    pixels = image_cache.ensure_image_cache(hp["cache_dir"], split, size, ckpt.device, hp["num_workers"])
-    emb = embed_images(ckpt, pixels, progress=True)
-    save_torch({"meta": meta, "embeddings": emb, "image_ids": torch.from_numpy(split.image_ids)}, path)
-    log.info("image gallery %s: %d images embedded in %.1f s", path, len(emb), time.perf_counter() - t0)
-    return emb, path
+    usable = np.setdiff1d(np.arange(len(emb)), image_cache.bad_image_indices(hp["cache_dir"], split, size))
+    return emb[torch.from_numpy(usable)], usable, path
 
 
 def _load_gallery(path: Path, meta: dict[str, Any]) -> Tensor | None:

@@ -49,9 +49,10 @@ def top_k(gallery: Tensor, query: Tensor, k: int) -> tuple[list[float], list[int
 
 def search_images(ckpt: Checkpoint, split: CaptionedSplit, text: str, k: int, figure: Path) -> dict:
     """The top-k images of `split` for `text`, and a grid of them (rank, score) saved to `figure`."""
-    gallery, cache = image_gallery(ckpt, split)
+    gallery, usable, cache = image_gallery(ckpt, split)
     query = text_encoder(ckpt).encode([text])[0].cpu()
-    scores, index = top_k(gallery, query, k)
+    scores, rows = top_k(gallery, query, k)
+    index = usable[rows].tolist()
     start = split.caption_start
     results = [{"rank": r + 1, "score": s, "image_id": int(split.image_ids[i]), "file_name": split.file_names[i],
                 "caption": split.captions[start[i]] if start[i + 1] > start[i] else None}

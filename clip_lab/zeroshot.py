@@ -104,11 +104,12 @@ def load_images(ckpt: Checkpoint, images: str, classes: list[str]) -> Images:
     size = ckpt.data["cache_image_size"]
     if not Path(images).exists() and is_split(ckpt.data["data_root"], images):
         split = open_split(ckpt, images)
-        emb, gallery = image_gallery(ckpt, split)
-        names = split.file_names
-        labels = split_labels(split.annotation_file, split.image_ids)
-        source = {"kind": "split", "split": split.name, "gallery": str(gallery)}
-        return Images(source, emb, names, labels, lambda i: read_image(split.image_path(i), size))
+        emb, usable, gallery = image_gallery(ckpt, split)  # skipped (unreadable) images are left out
+        names = [split.file_names[i] for i in usable]
+        labels = split_labels(split.annotation_file, split.image_ids[usable])
+        source = {"kind": "split", "split": split.name, "gallery": str(gallery),
+                  "skipped_unreadable": len(split.file_names) - len(usable)}
+        return Images(source, emb, names, labels, lambda i: read_image(split.image_path(int(usable[i])), size))
     if not Path(images).exists():
         raise ClipLabError(f"--images {images}: no such file or folder, and no split of that name under data_root "
                            f"{ckpt.data['data_root']}; pass an image, a folder of images or a split name (e.g. val2014)")

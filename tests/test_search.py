@@ -133,3 +133,22 @@ def test_bad_input_is_one_clear_line(trained_run, demo_root, tmp_path, capsys, c
     assert main(["search", *[x for k, v in args.items() if v is not None for x in (k, v)]]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_images_the_cache_skipped_never_come_back_from_search_or_zeroshot(trained_run, demo_root, tmp_path):
+    import shutil
+
+    from clip_lab import zeroshot
+
+    root = tmp_path / "coco"
+    shutil.copytree(demo_root, root)
+    split = load_coco_split(root, "val2014")
+    split.image_path(0).write_bytes(b"")  # unreadable: skipped by the image cache
+    common = ["--ckpt", ckpt_of(trained_run), "--data_root", str(root), "--cache_dir", str(tmp_path / "cache"),
+              "--max_bad_images", "0.05"]
+    result = search.main([*common, "--text", "a red circle", "--k", "95", "--out", str(tmp_path / "s.json")])
+    ids = {r["image_id"] for r in result["results"]}
+    assert len(ids) == 95 and int(split.image_ids[0]) not in ids
+    out = zeroshot.main([*common, "--images", "val2014", "--classes", "circle", "square", "triangle", "diamond",
+                         "cross", "--out", str(tmp_path / "z.json")])
+    assert out["source"]["skipped_unreadable"] == 1 and len(out["predictions"]) == 95
