@@ -82,6 +82,7 @@ class CocoRetrievalData(L.LightningDataModule):
         self.embed_dim = text_embed_dim(text_model)  # also fails fast when the text model cannot be found
         self.splits: dict[str, CaptionedSplit] = {}
         self.embeddings: dict[str, Tensor] = {}
+        self._usable: dict[str, np.ndarray] = {}
 
     # -- caches -----------------------------------------------------------------------------------------------------
     def split(self, name: str) -> CaptionedSplit:
@@ -102,6 +103,7 @@ class CocoRetrievalData(L.LightningDataModule):
         hp = self.hparams
         device = "cuda" if torch.cuda.is_available() else "cpu"
         encoder = functools.cache(lambda: TextEncoder(hp.text_model, hp.max_length).to(device))  # loaded once, if needed
+        self._usable.clear()  # the caches may be rebuilt below
         for name in dict.fromkeys([hp.train_split, hp.test_split]):
             split = self.split(name)
             image_cache.ensure_image_cache(hp.cache_dir, split, hp.cache_image_size, device, hp.num_workers,
@@ -117,9 +119,11 @@ class CocoRetrievalData(L.LightningDataModule):
     # -- evaluation targets -------------------------------------------------------------------------------------------
     def usable_images(self, name: str) -> np.ndarray:
         """Indices of the split's images that its image cache could read (the others are skipped everywhere)."""
-        split, hp = self.split(name), self.hparams
-        bad = image_cache.bad_image_indices(hp.cache_dir, split, hp.cache_image_size)
-        return np.setdiff1d(np.arange(len(split.image_ids)), bad)
+        if name not in self._usable:  # read once: evaluation asks several times per epoch
+            split, hp = self.split(name), self.hparams
+            bad = image_cache.bad_image_indices(hp.cache_dir, split, hp.cache_image_size)
+            self._usable[name] = np.setdiff1d(np.arange(len(split.image_ids)), bad)
+        return self._usable[name]
 
     def eval_images(self, stage: str) -> np.ndarray:
         """Indices (into the test split) of the images evaluated at `stage`: a fixed seeded subset for validation."""
