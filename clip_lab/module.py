@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from clip_lab.distributed import gather_rows, gather_with_grad
 from clip_lab.errors import ClipLabError
 from clip_lab.examples import test_examples
 from clip_lab.files import save_json, save_torch
@@ -108,7 +109,8 @@ class ClipLab(L.LightningModule):
     def train_loss(self, images: Tensor, text: Tensor) -> tuple[Tensor, Tensor]:
         """(InfoNCE loss, in-batch accuracy) of a batch: the whole training computation before backward."""
         forward = self._compiled_forward or self.forward
-        return self.loss(forward(images), text, self.logit_scale.exp())
+        # over several processes: the loss of the global batch (every rank's pairs are every rank's negatives)
+        return self.loss(gather_with_grad(forward(images)), gather_with_grad(text), self.logit_scale.exp())
 
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
         images, text, _ = batch
@@ -202,7 +204,7 @@ class ClipLab(L.LightningModule):
         self._eval.append((index, self(images), text))
 
     def _eval_end(self, stage: str) -> dict[str, float] | None:
-        index, image_emb, first_caption = (torch.cat(t) for t in zip(*self._eval))
+        index, image_emb, first_caption = gather_rows(*(torch.cat(t) for t in zip(*self._eval)))  # all ranks' images
         self._eval.clear()
         if self.trainer.sanity_checking:
             return None
@@ -263,6 +265,7 @@ class ClipLab(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         metrics = self._eval_end("test")
+        run_dir = Path(self.trainer.log_dir)  # a collective under DDP: every rank asks, rank 0 writes
         if metrics is None or not self.trainer.is_global_zero:
             return
         datamodule = self.trainer.datamodule
@@ -273,7 +276,6 @@ class ClipLab(L.LightningModule):
             "metrics": metrics,
             "first_caption": {"protocol": FIRST_CAPTION_PROTOCOL, "metrics": self._first_caption},
         }
-        run_dir = Path(self.trainer.log_dir)
         examples, embeddings = self._examples
         save_json(examples, run_dir / "test_examples.json")  # for the report's figures
         save_torch(embeddings, run_dir / "test_embeddings.pt")

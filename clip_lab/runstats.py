@@ -44,8 +44,9 @@ class RunStats(Callback):
         return time.perf_counter()
 
     def _save(self, trainer: Trainer) -> None:
-        if trainer.is_global_zero and trainer.log_dir:
-            save_json(self.stats, Path(trainer.log_dir) / "run_stats.json")
+        log_dir = trainer.log_dir  # a collective under DDP: every rank asks, rank 0 writes
+        if trainer.is_global_zero and log_dir:
+            save_json(self.stats, Path(log_dir) / "run_stats.json")
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._t_fit = self._now(pl_module)

@@ -38,7 +38,8 @@ class CocoRetrievalData(L.LightningDataModule):
             image (1.0: none; training sees the evaluation centre crop).
         flip: augmentation: probability of a horizontal flip.
         jitter: augmentation: brightness/contrast/saturation factors drawn from `[1 - jitter, 1 + jitter]`.
-        batch_size: training batch; InfoNCE sees batch_size - 1 negatives per pair.
+        batch_size: training pairs per process and step; with N processes the loss sees the global batch of
+            N * batch_size pairs (each pair has N * batch_size - 1 negatives).
         eval_batch_size: images per batch when embedding the validation/test gallery.
         num_workers: threads gathering batches from the image cache (and processes decoding images when the cache
             is built without a GPU).
@@ -162,15 +163,21 @@ class CocoRetrievalData(L.LightningDataModule):
         hp = self.hparams
         split = self.split(hp.train_split)
         sampler = PairBatchSampler(split.caption_start, hp.batch_size, hp.pairs, shuffle=True, drop_last=True,
-                                   seed=hp.seed, images=self.usable_images(hp.train_split))
+                                   seed=hp.seed, images=self.usable_images(hp.train_split), **self._world())
         return self._loader(hp.train_split, sampler)
 
     def _eval_loader(self, stage: str) -> CachedBatchLoader:
         hp = self.hparams
         split = self.split(hp.test_split)
         sampler = PairBatchSampler(split.caption_start, hp.eval_batch_size, "first", shuffle=False,
-                                   images=self.eval_images(stage))
+                                   images=self.eval_images(stage), **self._world())
         return self._loader(hp.test_split, sampler)
+
+    def _world(self) -> dict[str, int]:
+        """This process's rank and the number of processes: batch_size is per process."""
+        if self.trainer is None:
+            return {"rank": 0, "world_size": 1}
+        return {"rank": self.trainer.global_rank, "world_size": self.trainer.world_size}
 
     def val_dataloader(self) -> CachedBatchLoader:
         return self._eval_loader("val")

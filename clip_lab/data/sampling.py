@@ -20,7 +20,8 @@ class PairBatchSampler:
     - `pairs="first"`: every image of `images` once, in order, with its first caption (-1 if it has none): evaluation.
 
     `caption_start` are CSR offsets (`[n_images + 1]`, captions of image i are `start[i]:start[i+1]`); `images` limits
-    the sampler to a subset. Lightning calls `set_epoch`, which reseeds the shuffle, so a resumed run sees the same
+    the sampler to a subset. Over `world_size` processes every rank draws the same epoch and takes its `batch_size`
+    slice of each global batch, so no image appears twice in a global batch and each appears once per epoch. Lightning calls `set_epoch`, which reseeds the shuffle, so a resumed run sees the same
     batches as an uninterrupted one.
     """
 
@@ -33,14 +34,19 @@ class PairBatchSampler:
         drop_last: bool = False,
         seed: int = 0,
         images: np.ndarray | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if pairs not in ("image", "caption", "first"):
             raise ValueError(f"pairs must be 'image', 'caption' or 'first', not {pairs!r}")
+        self.rank, self.world_size = rank, world_size
         self.start = np.asarray(caption_start, dtype=np.int64)
         self.count = np.diff(self.start)
         self.images = np.arange(len(self.count)) if images is None else np.asarray(images, dtype=np.int64)
         if pairs != "first":
             self.images = self.images[self.count[self.images] > 0]
+        else:  # evaluation: each rank embeds every world_size-th image; the module gathers them
+            self.images = self.images[rank::world_size]
         self.batch_size, self.pairs, self.shuffle, self.drop_last, self.seed = batch_size, pairs, shuffle, drop_last, seed
         self.epoch = 0
 
@@ -66,8 +72,13 @@ class PairBatchSampler:
             rounds = [(i[p], c[p]) for i, c in rounds for p in [rng.permutation(len(i))]]
         return rounds
 
+    @property
+    def global_batch(self) -> int:
+        """Pairs per step over all ranks (training); each rank takes its `batch_size` slice of each global batch."""
+        return self.batch_size * (self.world_size if self.pairs != "first" else 1)
+
     def _n_batches(self, n: int) -> int:
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return n // self.global_batch if self.drop_last else -(-n // self.global_batch)
 
     def __len__(self) -> int:
         count = self.count[self.images]
@@ -76,7 +87,11 @@ class PairBatchSampler:
         return self._n_batches(len(self.images))
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        for imgs, caps in self._rounds():
+        for imgs, caps in self._rounds():  # every rank draws the same global order (same seed), then its slice
             for b in range(self._n_batches(len(imgs))):
-                sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
-                yield list(zip(imgs[sl].tolist(), caps[sl].tolist()))
+                sl = slice(b * self.global_batch, (b + 1) * self.global_batch)
+                if self.global_batch != self.batch_size:
+                    shard = np.array_split(np.arange(len(imgs[sl])), self.world_size)[self.rank]
+                    yield list(zip(imgs[sl][shard].tolist(), caps[sl][shard].tolist()))
+                else:
+                    yield list(zip(imgs[sl].tolist(), caps[sl].tolist()))
