@@ -88,7 +88,7 @@ def make_clip_text_model(path: Path, captions: list[str], small: bool) -> None:
 
 def bench_caption_cache(root: Path, n: int, device: torch.device, small: bool) -> dict[str, Any]:
     from clip_lab.data.caption_cache import build_caption_cache
-    from clip_lab.data.coco import CaptionedSplit
+    from clip_lab.data.split import CaptionedSplit
     from clip_lab.text import TextEncoder
 
     captions = coco_like_captions(n)

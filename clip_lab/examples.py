@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from clip_lab.data.coco import CaptionedSplit
+from clip_lab.data.split import CaptionedSplit
 
 
 def test_examples(

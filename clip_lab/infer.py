@@ -18,7 +18,8 @@ from torch import Tensor
 
 from clip_lab.augment import center_crop
 from clip_lab.data import image_cache
-from clip_lab.data.coco import CaptionedSplit, coco_paths, load_coco_split
+from clip_lab.data.coco import coco_paths, load_coco_split
+from clip_lab.data.split import CaptionedSplit
 from clip_lab.data.datamodule import CocoRetrievalData
 from clip_lab.errors import ClipLabError
 from clip_lab.files import atomic_path, save_torch, sha256_file

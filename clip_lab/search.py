@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from clip_lab.data.caption_cache import caption_embeddings, ensure_caption_cache, expected_meta
-from clip_lab.data.coco import CaptionedSplit
+from clip_lab.data.split import CaptionedSplit
 from clip_lab.errors import ClipLabError
 from clip_lab.files import atomic_path, save_json
 from clip_lab.infer import (

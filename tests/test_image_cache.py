@@ -104,7 +104,7 @@ def write_odd_images(folder):
 
 
 def test_odd_but_readable_images_become_rgb_and_broken_or_absent_ones_are_skipped_and_listed(tmp_path, caplog):
-    from clip_lab.data.coco import CaptionedSplit
+    from clip_lab.data.split import CaptionedSplit
 
     folder = tmp_path / "imgs"
     folder.mkdir()

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from clip_lab.data.coco import CaptionedSplit
+from clip_lab.data.split import CaptionedSplit
 from clip_lab.files import save_torch, sha256_file
 from clip_lab.text import TextEncoder, text_model_fingerprint
 

@@ -1,15 +1,13 @@
-"""COCO-format captions -> a `CaptionedSplit` (images, captions, caption -> image index), read with pycocotools."""
+"""The official COCO 2014 captions files -> a `CaptionedSplit`, read with pycocotools."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
+from clip_lab.data.split import CaptionedSplit, build_split
 from clip_lab.errors import ClipLabError
 
 log = logging.getLogger(__name__)
@@ -19,29 +17,6 @@ COCO_DOWNLOAD = {
     "val2014": "http://images.cocodataset.org/zips/val2014.zip",
     "annotations": "http://images.cocodataset.org/annotations/annotations_trainval2014.zip",
 }
-
-
-@dataclass(frozen=True)
-class CaptionedSplit:
-    """One split: images sorted by id, captions grouped by image (so image i owns captions start[i]:start[i+1])."""
-
-    name: str
-    annotation_file: Path
-    image_dir: Path
-    image_ids: np.ndarray  # [n_images] int64, ascending
-    file_names: list[str]  # [n_images], relative to image_dir
-    caption_ids: np.ndarray  # [n_captions] int64 annotation ids
-    caption_image: np.ndarray  # [n_captions] int64 index into image_ids
-    captions: list[str]  # [n_captions]
-
-    @property
-    def caption_start(self) -> np.ndarray:
-        """CSR offsets `[n_images + 1]`: the captions of image i are `start[i]:start[i + 1]`."""
-        counts = np.bincount(self.caption_image, minlength=len(self.image_ids))
-        return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-
-    def image_path(self, i: int) -> Path:
-        return self.image_dir / self.file_names[i]
 
 
 def coco_paths(data_root: str | Path, split: str) -> tuple[Path, Path]:
@@ -79,24 +54,6 @@ def load_coco_split(data_root: str | Path, split: str) -> CaptionedSplit:
     except (ValueError, KeyError, TypeError) as e:
         raise ClipLabError(f"{ann} is not a COCO captions file ({type(e).__name__}: {e}); "
                            f"re-download it from {COCO_DOWNLOAD['annotations']}") from e
-    image_ids = np.array(sorted(coco.imgs), dtype=np.int64)
-    position = {int(img): i for i, img in enumerate(image_ids)}
-    anns = [a for a in coco.anns.values() if isinstance(a.get("caption"), str) and a["caption"].strip()]
-    if len(anns) < len(coco.anns):
-        log.warning("%s: %d empty or whitespace-only captions dropped", ann, len(coco.anns) - len(anns))
-    orphans = [a for a in anns if a["image_id"] not in position]
-    if orphans:
-        raise ClipLabError(f"{ann}: {len(orphans)} captions name images that are not in its image list (e.g. "
-                           f"annotation {orphans[0]['id']} -> image {orphans[0]['image_id']}); re-download it from "
-                           f"{COCO_DOWNLOAD['annotations']}")
-    anns = sorted(anns, key=lambda a: (position[a["image_id"]], a["id"]))
-    return CaptionedSplit(
-        name=split,
-        annotation_file=ann,
-        image_dir=image_dir,
-        image_ids=image_ids,
-        file_names=[coco.imgs[int(i)]["file_name"] for i in image_ids],
-        caption_ids=np.array([a["id"] for a in anns], dtype=np.int64),
-        caption_image=np.array([position[a["image_id"]] for a in anns], dtype=np.int64),
-        captions=[a["caption"].strip() for a in anns],
-    )
+    fix = f"re-download it from {COCO_DOWNLOAD['annotations']}"
+    return build_split(split, ann, image_dir, [(int(i), im["file_name"]) for i, im in coco.imgs.items()],
+                       [(a["id"], a["image_id"], a.get("caption")) for a in coco.anns.values()], fix=fix)

@@ -13,7 +13,8 @@ from torch import Tensor
 
 from clip_lab.data.caption_cache import caption_cache_path, caption_embeddings, ensure_caption_cache, expected_meta
 from clip_lab.augment import augment, center_crop
-from clip_lab.data.coco import CaptionedSplit, check_coco_files, load_coco_split
+from clip_lab.data.coco import check_coco_files, load_coco_split
+from clip_lab.data.split import CaptionedSplit
 from clip_lab.data.loader import CachedBatchLoader
 from clip_lab.data import image_cache
 from clip_lab.data.sampling import Pairs, PairBatchSampler

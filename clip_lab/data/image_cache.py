@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from clip_lab.data.coco import CaptionedSplit
+from clip_lab.data.split import CaptionedSplit
 from clip_lab.errors import ClipLabError
 from clip_lab.files import atomic_path, save_json, sha256_file
 

@@ -1,0 +1,93 @@
+"""`CaptionedSplit`, what every dataset reader returns, and `build_split`, the one place records become a split."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from clip_lab.errors import ClipLabError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CaptionedSplit:
+    """One split: images sorted by id, captions grouped by image (so image i owns captions start[i]:start[i+1]).
+
+    `annotation_file` is the file the captions come from (its content hash keys the caches); `defects` counts what
+    the reader dropped or repaired in it (malformed lines, empty captions, entries for images outside the split...).
+    """
+
+    name: str
+    annotation_file: Path
+    image_dir: Path
+    image_ids: np.ndarray  # [n_images] int64, ascending
+    file_names: list[str]  # [n_images], relative to image_dir
+    caption_ids: np.ndarray  # [n_captions] int64, unique
+    caption_image: np.ndarray  # [n_captions] int64 index into image_ids
+    captions: list[str]  # [n_captions]
+    defects: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def caption_start(self) -> np.ndarray:
+        """CSR offsets `[n_images + 1]`: the captions of image i are `start[i]:start[i + 1]`."""
+        counts = np.bincount(self.caption_image, minlength=len(self.image_ids))
+        return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+    def image_path(self, i: int) -> Path:
+        return self.image_dir / self.file_names[i]
+
+
+def build_split(
+    name: str,
+    annotation_file: Path,
+    image_dir: Path,
+    images: Iterable[tuple[int, str]],
+    captions: Iterable[tuple[int, int, object]],
+    defects: dict[str, int] | None = None,
+    fix: str = "re-download it",
+) -> CaptionedSplit:
+    """A split from `(image_id, file_name)` and `(caption_id, image_id, text)` records, in any order.
+
+    Images are sorted by id and their captions by caption id. Captions that are not strings or are empty after
+    stripping are dropped and counted in `defects["empty_captions"]`. Records that contradict each other (a
+    caption naming an image that is not in `images`, an id used twice) mean the file is not what it claims to be:
+    they stop with an error naming `annotation_file` and `fix`. Every nonzero defect count is logged once.
+    """
+    defects = dict(defects or {})
+    images = sorted(images)
+    image_ids = np.array([i for i, _ in images], dtype=np.int64)
+    if len(np.unique(image_ids)) != len(image_ids):
+        raise ClipLabError(f"{annotation_file}: an image id appears twice in {name}; {fix}")
+    position = {int(img): i for i, img in enumerate(image_ids)}
+    captions = list(captions)
+    kept = [(cid, img, text.strip()) for cid, img, text in captions if isinstance(text, str) and text.strip()]
+    if len(kept) < len(captions):
+        defects["empty_captions"] = defects.get("empty_captions", 0) + len(captions) - len(kept)
+    orphans = [(cid, img) for cid, img, _ in kept if img not in position]
+    if orphans:
+        raise ClipLabError(f"{annotation_file}: {len(orphans)} captions name images that are not in {name} (e.g. "
+                           f"caption {orphans[0][0]} -> image {orphans[0][1]}); {fix}")
+    kept.sort(key=lambda c: (position[c[1]], c[0]))
+    caption_ids = np.array([cid for cid, _, _ in kept], dtype=np.int64)
+    if len(np.unique(caption_ids)) != len(caption_ids):
+        raise ClipLabError(f"{annotation_file}: a caption id appears twice in {name}; {fix}")
+    split = CaptionedSplit(
+        name=name,
+        annotation_file=Path(annotation_file),
+        image_dir=Path(image_dir),
+        image_ids=image_ids,
+        file_names=[f for _, f in images],
+        caption_ids=caption_ids,
+        caption_image=np.array([position[img] for _, img, _ in kept], dtype=np.int64),
+        captions=[text for _, _, text in kept],
+        defects={k: v for k, v in defects.items() if v},
+    )
+    if split.defects:
+        log.warning("%s (%s): %s", annotation_file, name,
+                    ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in split.defects.items()))
+    return split
