@@ -88,6 +88,16 @@ def _render(task: tuple[dict, str]) -> None:
     img.save(path, quality=spec["quality"])
 
 
+def write_shape_image(path: str | Path, rng: random.Random, sides: tuple[int, int] = (100, 200)) -> list[str]:
+    """Draw one image from `rng` as the demo does, save it as a JPEG at `path` and return its five captions.
+
+    For writing the same visual vocabulary in other datasets' formats (the test fixtures); the demo does not use it.
+    """
+    spec = _spec(rng, sides, None)
+    _render((spec, str(path)))
+    return _captions(spec["objects"])
+
+
 def make_split(root: Path, split: str, n_images: int, seed: int, first_image_id: int, first_ann_id: int,
                sides: tuple[int, int] = (100, 200), sizes: Sequence[tuple[int, int]] | None = None,
                workers: int = 1) -> None:

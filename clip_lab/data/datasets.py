@@ -1,0 +1,103 @@
+"""The dataset registry: names, split names, where each dataset's files lie under data_root, and `load_split`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+from clip_lab.data import flickr8k, karpathy
+from clip_lab.data.coco import COCO_DOWNLOAD, check_coco_files, load_coco_split
+from clip_lab.data.split import CaptionedSplit
+from clip_lab.errors import ClipLabError
+
+DATASETS: tuple[str, ...] = ("coco", "coco_karpathy", "flickr8k", "flickr8k_karpathy", "flickr30k")
+KARPATHY = {"coco_karpathy": "coco", "flickr8k_karpathy": "flickr8k", "flickr30k": "flickr30k"}  # -> file's "dataset"
+COCO_SPLITS = ("train2014", "val2014")
+FLICKR8K_IMAGES = ("Flicker8k_Dataset", "Flickr8k_Dataset")  # the official zip's spelling, then the corrected one
+FLICKR8K_TEXT = (".", "Flickr8k_text")  # Flickr8k_text.zip unzipped into data_root, or into its own folder
+KARPATHY_SOURCE = f"Karpathy's splits: caption_datasets.zip from {karpathy.KARPATHY_URL}"
+FLICKR8K_TEXT_SOURCE = f"Flickr8k_text.zip: {flickr8k.FLICKR8K_DOWNLOAD['text']}"
+FLICKR8K_IMAGES_SOURCE = f"images: {flickr8k.FLICKR8K_DOWNLOAD['images']}"
+FLICKR30K_SOURCE = "images: flickr30k-images.tar.gz, via the form at https://shannon.cs.illinois.edu/DenotationGraph/"
+
+
+class _Need(NamedTuple):
+    """A file or folder a dataset needs: where it may lie (first found wins) and where to get it."""
+
+    paths: tuple[Path, ...]
+    source: str
+    folder: bool = False
+
+    def found(self) -> Path | None:
+        return next((p for p in self.paths if (p.is_dir() if self.folder else p.is_file())), None)
+
+    def describe(self) -> str:
+        return " or ".join(f"{p}{'/' if self.folder else ''}" for p in self.paths) + f" ({self.source})"
+
+
+def _checked(dataset: str) -> str:
+    if dataset not in DATASETS:
+        raise ClipLabError(f"unknown dataset {dataset!r}: use one of {', '.join(DATASETS)}")
+    return dataset
+
+
+def split_names(dataset: str) -> tuple[str, ...]:
+    """The valid single split names of `dataset` (Karpathy datasets also take several joined with "+")."""
+    if _checked(dataset) == "coco":
+        return COCO_SPLITS
+    if dataset == "flickr8k":
+        return flickr8k.FLICKR8K_SPLITS
+    return karpathy.KARPATHY_SPLITS[KARPATHY[dataset]]
+
+
+def _check_split(dataset: str, split: str) -> None:
+    if dataset in KARPATHY:
+        karpathy.split_selector(split, split_names(dataset), f"dataset {dataset!r}")
+    elif split not in split_names(dataset):
+        raise ClipLabError(f"unknown split {split!r} for dataset {dataset!r}: use one of "
+                           f"{', '.join(split_names(dataset))}")
+
+
+def _needs(dataset: str, root: Path) -> dict[str, _Need]:
+    """What a non-COCO dataset needs under `root`, by role ("annotations", "images", the Flickr8k split lists)."""
+    flickr8k_images = _Need(tuple(root / d for d in FLICKR8K_IMAGES), FLICKR8K_IMAGES_SOURCE, folder=True)
+    if dataset == "flickr8k":
+        files = {"annotations": flickr8k.TOKEN_FILE, **flickr8k.SPLIT_LISTS}
+        text = {role: _Need(tuple(root / d / f for d in FLICKR8K_TEXT), FLICKR8K_TEXT_SOURCE)
+                for role, f in files.items()}
+        return {**text, "images": flickr8k_images}
+    annotations = _Need((root / f"dataset_{KARPATHY[dataset]}.json",), KARPATHY_SOURCE)
+    if dataset == "coco_karpathy":  # train comes from train2014; restval, val and test from val2014
+        folders = {s: _Need((root / s,), f"images: {COCO_DOWNLOAD[s]}", folder=True) for s in COCO_SPLITS}
+        return {"annotations": annotations, **folders}
+    if dataset == "flickr8k_karpathy":
+        return {"annotations": annotations, "images": flickr8k_images}
+    return {"annotations": annotations, "images": _Need((root / "flickr30k-images",), FLICKR30K_SOURCE, folder=True)}
+
+
+def check_dataset_files(dataset: str, data_root: str | Path, splits: Sequence[str]) -> None:
+    """Stop before any work on an unknown dataset or split, or with one error naming every missing file."""
+    for split in splits:
+        _check_split(_checked(dataset), split)
+    if dataset == "coco":
+        check_coco_files(data_root, list(splits))
+        return
+    missing = [need.describe() for need in _needs(dataset, Path(data_root)).values() if need.found() is None]
+    if missing:
+        raise ClipLabError(f"{dataset} files missing under data_root={data_root}: " + "; ".join(missing)
+                           + ". Put them there, or run `python -m clip_lab demo` for a generated dataset that needs "
+                           "no download")
+
+
+def load_split(dataset: str, data_root: str | Path, split: str) -> CaptionedSplit:
+    """One split of `dataset`, named `<dataset>_<split>` (official COCO keeps the bare split name, e.g. train2014)."""
+    check_dataset_files(dataset, data_root, [split])
+    if dataset == "coco":
+        return load_coco_split(data_root, split)
+    paths = {role: need.found() for role, need in _needs(dataset, Path(data_root)).items()}
+    name = f"{dataset}_{split}"
+    if dataset == "flickr8k":
+        lists = {s: paths[s] for s in flickr8k.FLICKR8K_SPLITS}
+        return flickr8k.load_flickr8k_split(paths["annotations"], lists, paths["images"], split, name)
+    image_dir = Path(data_root) if dataset == "coco_karpathy" else paths["images"]  # COCO names hold their folder
+    return karpathy.load_karpathy_split(paths["annotations"], image_dir, KARPATHY[dataset], split, name)
