@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger
 
-from clip_lab.data.datamodule import CocoRetrievalData
+from clip_lab.data.datamodule import RetrievalData
 from clip_lab.errors import ClipLabError
 from clip_lab.module import ARCHITECTURE, ClipLab, check_compatible
 from clip_lab.runstats import RunStats
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> ClipLabCLI:
         try:
             return ClipLabCLI(
                 ClipLab,
-                CocoRetrievalData,
+                RetrievalData,
                 save_config_callback=SaveFitConfig,
                 save_config_kwargs={"overwrite": True},
                 args=argv,

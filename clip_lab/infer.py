@@ -18,9 +18,9 @@ from torch import Tensor
 
 from clip_lab.augment import center_crop
 from clip_lab.data import image_cache
-from clip_lab.data.coco import coco_paths, load_coco_split
+from clip_lab.data import datasets
 from clip_lab.data.split import CaptionedSplit
-from clip_lab.data.datamodule import CocoRetrievalData
+from clip_lab.data.datamodule import RetrievalData
 from clip_lab.errors import ClipLabError
 from clip_lab.files import atomic_path, save_torch, sha256_file
 from clip_lab.module import ClipLab
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 GALLERY_VERSION = 1  # bump when what the image gallery cache stores changes
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 # the datamodule settings inference needs: taken from the checkpoint, each overridable by the flag of the same name
-DATA_FLAGS = {"data_root": str, "cache_dir": str, "text_model": str, "max_length": int, "image_size": int,
+DATA_FLAGS = {"dataset": str, "data_root": str, "cache_dir": str, "text_model": str, "max_length": int, "image_size": int,
               "cache_image_size": int, "max_bad_images": float}
 
 
@@ -60,7 +60,7 @@ class Checkpoint:
     path: Path
     sha256: str  # names and validates the caches derived from this checkpoint's weights
     model: ClipLab
-    data: dict[str, Any]  # CocoRetrievalData settings
+    data: dict[str, Any]  # RetrievalData settings
     device: torch.device
     batch_size: int
 
@@ -94,7 +94,7 @@ def load_checkpoint(args: argparse.Namespace) -> Checkpoint:
                            "`python -m clip_lab fit`") from e
     model.eval()
     model.to_fast_layout()
-    defaults = {n: p.default for n, p in inspect.signature(CocoRetrievalData).parameters.items()
+    defaults = {n: p.default for n, p in inspect.signature(RetrievalData).parameters.items()
                 if p.default is not p.empty}
     flags = {n: getattr(args, n) for n in DATA_FLAGS if getattr(args, n, None) is not None}
     data = defaults | {k: v for k, v in (stored or {}).items() if not k.startswith("_")} | flags
@@ -180,23 +180,20 @@ def embed_files(ckpt: Checkpoint, files: Sequence[Path]) -> Tensor:
 
 
 # -- splits and the image gallery --------------------------------------------------------------------------------------
-def split_names(data_root: str | Path) -> list[str]:
-    """The splits with a captions file under `data_root/annotations/`."""
-    return sorted(p.name[len("captions_"):-len(".json")] for p in (Path(data_root) / "annotations").glob("captions_*.json"))
-
-
-def is_split(data_root: str | Path, name: str) -> bool:
-    return coco_paths(data_root, name)[1].is_file()
+def is_split(ckpt: Checkpoint, name: str) -> bool:
+    """Whether `name` is a split name of the checkpoint's dataset (its files may still be missing)."""
+    try:
+        datasets.check_split_name(ckpt.data["dataset"], name)
+    except ClipLabError:
+        return False
+    return True
 
 
 def open_split(ckpt: Checkpoint, name: str) -> CaptionedSplit:
     """The split `name` of the checkpoint's dataset; one clear line when it is not there."""
-    root = ckpt.data["data_root"]
-    if not is_split(root, name):
-        known = ", ".join(split_names(root)) or "none"
-        raise ClipLabError(f"no split {name!r} under data_root {root} ({coco_paths(root, name)[1]} is missing; "
-                           f"splits there: {known}); pass --split NAME or --data_root DIR")
-    return load_coco_split(root, name)
+    dataset, root = ckpt.data["dataset"], ckpt.data["data_root"]
+    datasets.check_dataset_files(dataset, root, [name])  # names the missing files, or the dataset's split names
+    return datasets.load_split(dataset, root, name)
 
 
 def image_gallery(ckpt: Checkpoint, split: CaptionedSplit) -> tuple[Tensor, np.ndarray, Path]:

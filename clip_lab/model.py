@@ -1,4 +1,4 @@
-"""Plain nn.Modules: the image encoder (a torchvision backbone without its classifier) and the projection head."""
+"""Plain nn.Modules: the image encoder (a torchvision backbone without its classifier) and the projection heads."""
 
 from __future__ import annotations
 
@@ -122,3 +122,16 @@ class ProjectionHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+
+HEADS = ("mlp", "linear")
+
+
+def build_head(kind: str, in_dim: int, out_dim: int, hidden_dim: int = 2048, norm: str | None = None) -> nn.Module:
+    """The projection from image features into the text embedding space: "mlp" (`ProjectionHead`, the lab's) or
+    "linear" (one bias-free matrix, the form of CLIP's own visual projection; `hidden_dim` and `norm` unused)."""
+    if kind == "mlp":
+        return ProjectionHead(in_dim, out_dim, hidden_dim, norm)
+    if kind == "linear":
+        return nn.Linear(in_dim, out_dim, bias=False)
+    raise ClipLabError(f"unknown head {kind!r}; choose one of: {', '.join(HEADS)}")

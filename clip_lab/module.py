@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,10 @@ from clip_lab.examples import test_examples
 from clip_lab.files import save_json, save_torch
 from clip_lab.loss import InfoNCE
 from clip_lab.metrics import embedding_retrieval_metrics
-from clip_lab.model import ImageEncoder, ProjectionHead
+from clip_lab.model import ImageEncoder, build_head
 
-PROTOCOL = ("standard: image->text counts a hit at K when any of the image's captions ranks in the top K; "
-            "text->image when the caption's own image does; ties count against the model")
+log = logging.getLogger(__name__)
+
 FIRST_CAPTION_PROTOCOL = (
     "first caption only (what most course submissions report; NOT comparable with published COCO numbers): each "
     "image is paired with its first caption alone and recall is read off the diagonal of that square matrix, so "
@@ -29,7 +30,7 @@ FIRST_CAPTION_PROTOCOL = (
 
 
 FINITE_CHECK_EVERY = 50  # steps between looks at the NaN/inf flag (each look is one host sync)
-ARCHITECTURE = ("backbone", "embed_dim", "head_hidden", "head_norm")  # what a checkpoint's weights are shaped by
+ARCHITECTURE = ("backbone", "embed_dim", "head", "head_hidden", "head_norm")  # what a checkpoint's weights are shaped by
 
 
 def check_compatible(stored: dict[str, Any], current: dict[str, Any]) -> None:
@@ -48,7 +49,8 @@ class ClipLab(L.LightningModule):
         backbone: torchvision model name of the image encoder.
         weights: torchvision weights name (ImageNet `IMAGENET1K_V2` for ResNet50), or null for random init.
         embed_dim: width of the text embeddings (linked from the data's text model by the CLI).
-        head_hidden: hidden width of the Linear -> GELU -> Linear projection head.
+        head: the projection head: "mlp" (Linear -> [norm] -> GELU -> Linear, the lab's) or "linear" (one matrix).
+        head_hidden: hidden width of the MLP head.
         head_norm: normalization after the head's first Linear: null (baseline), "batch" or "layer".
         freeze_stages: ResNet stages kept frozen at their pretrained values (0: none; 1: the stem; 2: the stem and
             layer1; ... 5: everything but the head).
@@ -67,6 +69,7 @@ class ClipLab(L.LightningModule):
         backbone: str = "resnet50",
         weights: str | None = "IMAGENET1K_V2",
         embed_dim: int = 512,
+        head: str = "mlp",
         head_hidden: int = 2048,
         head_norm: str | None = None,
         freeze_stages: int = 0,
@@ -81,7 +84,7 @@ class ClipLab(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.image_encoder = ImageEncoder(backbone, weights, freeze_stages)
-        self.head = ProjectionHead(self.image_encoder.out_dim, embed_dim, head_hidden, head_norm)
+        self.head = build_head(head, self.image_encoder.out_dim, embed_dim, head_hidden, head_norm)
         self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / temperature)))
         self.loss = InfoNCE()
         self._compiled_forward: Any = None
@@ -215,18 +218,16 @@ class ClipLab(L.LightningModule):
             raise RuntimeError(f"{stage}: embedded {len(index)} images, expected the {len(expected)} of the split "
                                "(limit_val_batches / limit_test_batches < 1 cannot give retrieval metrics)")
         image_emb, first_caption = image_emb[order], first_caption[order]
-        caption_emb, caption_image = datamodule.retrieval_targets(stage)
-        caption_emb, caption_image = caption_emb.to(self.device), caption_image.to(self.device)
-        metrics = embedding_retrieval_metrics(image_emb, caption_emb, caption_image)
+        metrics = datamodule.retrieval_metrics(stage, image_emb)
         metrics["loss"] = self._eval_loss(image_emb, first_caption, datamodule.hparams.batch_size)
-        metrics["n_images"], metrics["n_captions"] = len(expected), len(caption_image)
         self.log_dict({f"{stage}/{k}": float(v) for k, v in metrics.items()})
         if stage == "test":
             self._first_caption = self._first_caption_metrics(image_emb, first_caption)
             self.log_dict({f"test/first_caption/{k}": float(v) for k, v in self._first_caption.items()})
-            split = datamodule.split(datamodule.hparams.test_split)
-            self._examples = test_examples(image_emb, caption_emb, caption_image, split, datamodule.eval_images(stage),
-                                           datamodule.eval_captions(stage))
+            split = datamodule.split(datamodule.eval_split(stage))
+            caption_emb, caption_image = datamodule.retrieval_targets(stage)
+            self._examples = test_examples(image_emb, caption_emb.to(self.device), caption_image.to(self.device), split,
+                                           datamodule.eval_images(stage), datamodule.eval_captions(stage))
         return metrics
 
     @staticmethod
@@ -269,10 +270,16 @@ class ClipLab(L.LightningModule):
         if metrics is None or not self.trainer.is_global_zero:
             return
         datamodule = self.trainer.datamodule
+        protocol = datamodule.protocol.record(int(metrics["n_images"]), int(metrics["n_captions"]))
+        if protocol["published_size"] is False:
+            log.warning("test: %d images evaluated where protocol %s has %d (unreadable images skipped?): the numbers "
+                        "are not exactly comparable with published ones", metrics["n_images"], protocol["name"],
+                        protocol["images"])
         result = {
+            "dataset": datamodule.hparams.dataset,
             "split": datamodule.hparams.test_split,
             "checkpoint": str(self.trainer.ckpt_path) if self.trainer.ckpt_path else None,
-            "protocol": PROTOCOL,
+            "protocol": protocol,
             "metrics": metrics,
             "first_caption": {"protocol": FIRST_CAPTION_PROTOCOL, "metrics": self._first_caption},
         }

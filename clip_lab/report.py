@@ -92,35 +92,67 @@ def methodology(config: dict[str, Any] | None, stats: dict[str, Any] | None, run
     return markdown_table(("", f"run `{run}`"), rows)
 
 
-def recall_rows(result: dict[str, Any]) -> list[list[str]]:
-    std, first = result["metrics"], result.get("first_caption", {}).get("metrics")
+def recall_rows(columns: list[dict[str, float] | None]) -> list[list[str]]:
+    """One row per metric, one column per metrics dict (recall in %; "–" where a column has none)."""
+    def cells(key: str, scale: float, fmt: str) -> list[str]:
+        return [format(scale * c[key], fmt) if c and key in c else "–" for c in columns]
+
     rows = []
     for d, name in (("i2t", "image → text"), ("t2i", "text → image")):
         for k in KS:
-            key = f"{d}_R@{k}"
-            rows.append([f"{name} R@{k}", f"{100 * std[key]:.1f}", f"{100 * first[key]:.1f}" if first else "–"])
-        rows.append([f"{name} median rank", f"{std[f'{d}_median_rank']:g}",
-                     f"{first[f'{d}_median_rank']:g}" if first else "–"])
-    rows.append(["R-sum", f"{100 * std['rsum']:.1f}", f"{100 * first['rsum']:.1f}" if first else "–"])
+            rows.append([f"{name} R@{k}", *cells(f"{d}_R@{k}", 100, ".1f")])
+        rows.append([f"{name} median rank", *cells(f"{d}_median_rank", 1, "g")])
+    rows.append(["R-sum", *cells("rsum", 100, ".1f")])
     return rows
 
 
-def test_results(result: dict[str, Any] | None, run: str, results_dir: str, tables: Path) -> str:
+def same_protocol(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two result files evaluated the same gallery (dataset, split, protocol, images and captions)."""
+    keys = ("name", "gallery_images", "gallery_captions")
+    return (a.get("dataset"), a.get("split")) == (b.get("dataset"), b.get("split")) and all(
+        a["protocol"].get(k) == b["protocol"].get(k) for k in keys)
+
+
+def test_results(result: dict[str, Any] | None, run: str, results_dir: str, tables: Path,
+                 baselines: dict[str, Any] | None = None) -> str:
     if result is None:
         return missing(f"no test results for run `{run}`", commands(run, results_dir)["test"])
     m = result["metrics"]
-    headers = ("metric", "standard protocol (%)", "first caption only (%)")
-    rows = recall_rows(result)
+    headers = ["metric", "standard protocol (%)", "first caption only (%)"]
+    columns = [m, result.get("first_caption", {}).get("metrics")]
+    if baselines and same_protocol(result, baselines):  # the reference row every reader looks for
+        reference = baselines["variants"][baselines["base"]]["metrics"]
+        headers.append(f"{baselines['base']} CLIP, standard (%)")
+        columns.append({k: v["mean"] for k, v in reference.items()})
+    rows = recall_rows(columns)
     write_text(tables / "test_recall.tex", latex_table(
         headers, rows, f"Test retrieval on {result['split']} ({m['n_images']} images, {m['n_captions']} captions)",
         "tab:test_recall"))
     uncaptioned = m["n_images"] - m.get("i2t_n", m["n_images"])
     note = (f" {uncaptioned} images have no caption: they are excluded from image → text (no ground truth) and stay "
             "in the gallery for text → image." if uncaptioned else "")
-    return (f"Test split {result['split']}: {m['n_images']:,} images, {m['n_captions']:,} captions; checkpoint "
-            f"`{result.get('checkpoint')}`.{note}\n\n" + markdown_table(headers, rows) +
-            "\n\nProtocols:\n\n- " + result.get("protocol", "") + "\n- "
+    protocol = result["protocol"]
+    folds = protocol["folds"]
+    size = f" in {folds} folds (metrics are the mean over folds)" if folds > 1 else ""
+    warn = (f" **Not the published gallery** ({protocol.get('images'):,} images): not exactly comparable."
+            if protocol.get("published_size") is False else "")
+    return (f"Test split {result['split']} ({result.get('dataset', 'coco')}), protocol **{protocol['name']}**: "
+            f"{protocol['description']}. Evaluated: {m['n_images']:,} images, {m['n_captions']:,} captions{size}; "
+            f"checkpoint `{result.get('checkpoint')}`.{warn}{note}\n\n" + markdown_table(headers, rows) +
+            "\n\nProtocols:\n\n- standard: " + protocol.get("rule", "") + "\n- "
             + result.get("first_caption", {}).get("protocol", "first caption only: not recorded"))
+
+
+def baseline_results(result: dict[str, Any] | None, name: str, results_dir: str, tables: Path) -> str:
+    if result is None:
+        return missing(f"no reference baselines `{results_dir}/{name}.json`",
+                       f"python -m clip_lab baselines -c configs/coco.yaml --name {name}")
+    from clip_lab.baselines import markdown, table
+
+    write_text(tables / "baselines.tex", latex_table(
+        *table(result), f"Reference baselines on {result['split']} ({result['protocol']['name']}): test recall (%)",
+        "tab:baselines"))
+    return markdown(result)
 
 
 def ablation_results(summary: dict[str, Any] | None, name: str, results_dir: str, tables: Path) -> str:
@@ -200,9 +232,10 @@ def template(blocks: dict[str, str], run: str) -> str:
         "## 1. Introduction", STUDENT,
         "## 2. Methodology", STUDENT, block("methodology", blocks["methodology"]),
         "## 3. Results", "### 3.1 Retrieval on the test split", block("test_results", blocks["test_results"]),
-        "### 3.2 Ablations", block("ablations", blocks["ablations"]),
-        "### 3.3 Training time and hardware", block("training_time", blocks["training_time"]),
-        "### 3.4 Figures", block("figures", blocks["figures"]), STUDENT,
+        "### 3.2 Reference baselines", block("baselines", blocks["baselines"]),
+        "### 3.3 Ablations", block("ablations", blocks["ablations"]),
+        "### 3.4 Training time and hardware", block("training_time", blocks["training_time"]),
+        "### 3.5 Figures", block("figures", blocks["figures"]), STUDENT,
         "## 4. Discussion", STUDENT,
         "## 5. Conclusion", STUDENT,
         "## Appendix", block("appendix", blocks["appendix"]),
@@ -233,6 +266,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default="baseline", help="the run the report is about: results/<run>/")
     parser.add_argument("--ablations", default="ablations", help="the sweep: results/<name>.json and results/<name>/")
+    parser.add_argument("--baselines", default="baselines", help="the reference baselines: results/<name>.json")
     parser.add_argument("--results_dir", default="results")
     parser.add_argument("--out", default="report/report.md")
     parser.add_argument("--no_figures", action="store_true", help="reuse report/figures/ instead of redrawing them")
@@ -251,12 +285,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     run_dir = results / args.run
     config, stats = read_config(run_dir), read_json(run_dir / "run_stats.json")
     summary = read_json(results / f"{args.ablations}.json")
+    baselines = read_json(results / f"{args.baselines}.json")
     variants = (summary or {}).get("variants", {})
     order = (summary or {}).get("order") or list(variants)
     sweep_runs = [(f"{v}/{Path(r).name}", Path(r)) for v in order for r in variants[v].get("runs", [])]
     blocks = {
         "methodology": methodology(config, stats, args.run, args.results_dir),
-        "test_results": test_results(read_json(run_dir / "test_metrics.json"), args.run, args.results_dir, tables),
+        "test_results": test_results(read_json(run_dir / "test_metrics.json"), args.run, args.results_dir, tables,
+                                     baselines),
+        "baselines": baseline_results(baselines, args.baselines, args.results_dir, tables),
         "ablations": ablation_results(summary, args.ablations, args.results_dir, tables),
         "training_time": training_time([(args.run, run_dir), *sweep_runs], tables),
         "figures": figures_block(manifest, report_dir),
@@ -265,8 +302,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if report.is_file():
         text, gone = update(report.read_text(), blocks)
         for name in gone:
-            log.warning("report: the generated block %r is no longer in %s; left out (delete the file to start over)",
-                        name, report)
+            log.warning("report: %s has no generated block %r (removed, or new in this version of clip_lab); left "
+                        "out: paste its BEGIN/END markers where it belongs, or delete the file to start over", report,
+                        name)
     else:
         text, gone = template(blocks, args.run), []
     write_text(report, text)

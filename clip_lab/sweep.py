@@ -71,23 +71,23 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
-def summarize(runs: dict[str, list[Path]]) -> dict[str, Any]:
-    """Per variant: each metric's values, mean and std over seeds, and its difference to the baseline."""
+def summarize(results: dict[str, list[dict[str, float]]], base: str = "baseline") -> dict[str, Any]:
+    """Per variant (its test metrics, one dict per seed): each metric's values, mean and std over seeds, and its
+    difference to the `base` variant's."""
     out: dict[str, Any] = {}
-    for variant, dirs in runs.items():
-        results = [json.loads((d / "test_metrics.json").read_text()) for d in dirs]
+    for variant, seeds in results.items():
         metrics = {}
         for key in METRICS:
-            values = [r["metrics"][key] for r in results]
+            values = [r[key] for r in seeds]
             mean, std = mean_std(values)
             metrics[key] = {"values": values, "mean": mean, "std": std}
-        out[variant] = {"runs": [str(d) for d in dirs], "metrics": metrics}
-    if "baseline" in out:
-        base = out["baseline"]["metrics"]
+        out[variant] = {"metrics": metrics}
+    if base in out:
+        base_metrics = out[base]["metrics"]
         for variant in out:
             comparison = {}
             for key in METRICS:
-                b, v = base[key], out[variant]["metrics"][key]
+                b, v = base_metrics[key], out[variant]["metrics"][key]
                 se = math.sqrt(b["std"] ** 2 / len(b["values"]) + v["std"] ** 2 / len(v["values"]))
                 diff = v["mean"] - b["mean"]
                 comparison[key] = {"diff": diff, "se": se,
@@ -96,8 +96,9 @@ def summarize(runs: dict[str, list[Path]]) -> dict[str, Any]:
     return out
 
 
-def ablation_table(summary: dict[str, Any], order: list[str] | None = None) -> tuple[list[str], list[list[str]]]:
-    """(headers, rows): test recall (%) as mean ± std per variant, its R-sum difference to the baseline with two
+def ablation_table(summary: dict[str, Any], order: list[str] | None = None,
+                   base: str = "baseline") -> tuple[list[str], list[list[str]]]:
+    """(headers, rows): test recall (%) as mean ± std per variant, its R-sum difference to the `base` variant with two
     standard errors, and whether that difference is beyond the seed spread."""
     headers = ["variant", *[k.replace("_", " ") for k in METRICS], "Δ R-sum (2 SE)", "beyond seed spread?"]
     rows = []
@@ -106,7 +107,7 @@ def ablation_table(summary: dict[str, Any], order: list[str] | None = None) -> t
         cells = [f"{100 * m['mean']:.1f} ± {100 * m['std']:.1f}" if not math.isnan(m["std"]) else f"{100 * m['mean']:.1f}"
                  for m in (v["metrics"][key] for key in METRICS)]
         cmp = v.get("vs_baseline", {}).get("rsum")
-        if variant == "baseline" or cmp is None:
+        if variant == base or cmp is None:
             tail = ["", ""]
         else:
             verdict = {True: "**yes**", False: "no", None: "n/a (one seed)"}[cmp["beyond_spread"]]
@@ -145,11 +146,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     seeds = list(range(args.seeds))
 
     runs = {v: [run_variant(v, s, args) for s in seeds] for v in args.variants}
-    summary = summarize(runs)
-    result = {"protocol": "standard (any of an image's captions counts); test split", "seeds": seeds,
+    tests = {v: [json.loads((d / "test_metrics.json").read_text()) for d in dirs] for v, dirs in runs.items()}
+    summary = summarize({v: [t["metrics"] for t in results] for v, results in tests.items()})
+    result = {"protocol": tests["baseline"][0]["protocol"], "seeds": seeds,
               "order": args.variants,  # the JSON's keys get sorted; tables and figures follow this order
               "base_configs": args.config, "overrides": args.overrides,
-              "variants": {v: {"overlays": [str(f) for f in overlays(v)], **summary[v]} for v in args.variants}}
+              "variants": {v: {"overlays": [str(f) for f in overlays(v)], "runs": [str(d) for d in runs[v]], **summary[v]}
+                           for v in args.variants}}
     out = Path(args.results_dir) / f"{args.name}.json"
     save_json(result, out)
     table = markdown(summary, seeds, args.variants)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import yaml
 from torch import Tensor
 
+from clip_lab.data import datasets
 from clip_lab.errors import ClipLabError
 from clip_lab.files import save_json
 from clip_lab.infer import (
@@ -102,17 +103,19 @@ class Images:
 def load_images(ckpt: Checkpoint, images: str, classes: list[str]) -> Images:
     """An existing file or folder, else a split of the checkpoint's dataset (embedded once, then cached)."""
     size = ckpt.data["cache_image_size"]
-    if not Path(images).exists() and is_split(ckpt.data["data_root"], images):
+    if not Path(images).exists() and is_split(ckpt, images):
         split = open_split(ckpt, images)
         emb, usable, gallery = image_gallery(ckpt, split)  # skipped (unreadable) images are left out
         names = [split.file_names[i] for i in usable]
-        labels = split_labels(split.annotation_file, split.image_ids[usable])
+        coco_format = ckpt.data["dataset"] == "coco"  # only a COCO-format json can carry labels (the demo's shapes)
+        labels = split_labels(split.annotation_file, split.image_ids[usable]) if coco_format else None
         source = {"kind": "split", "split": split.name, "gallery": str(gallery),
                   "skipped_unreadable": len(split.file_names) - len(usable)}
         return Images(source, emb, names, labels, lambda i: read_image(split.image_path(int(usable[i])), size))
     if not Path(images).exists():
-        raise ClipLabError(f"--images {images}: no such file or folder, and no split of that name under data_root "
-                           f"{ckpt.data['data_root']}; pass an image, a folder of images or a split name (e.g. val2014)")
+        known = ", ".join(datasets.split_names(ckpt.data["dataset"]))
+        raise ClipLabError(f"--images {images}: no such file or folder, and not a split of the checkpoint's dataset "
+                           f"{ckpt.data['dataset']} ({known}); pass an image, a folder of images or a split name")
     root = Path(images)
     files = list_images(root)
     names = [str(f.relative_to(root)) if root.is_dir() else f.name for f in files]

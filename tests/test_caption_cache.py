@@ -12,7 +12,7 @@ from clip_lab.data.caption_cache import (
     load_caption_cache,
 )
 from clip_lab.data.coco import load_coco_split
-from clip_lab.data.datamodule import CocoRetrievalData
+from clip_lab.data.datamodule import RetrievalData
 from clip_lab.text import TextEncoder
 
 
@@ -51,7 +51,7 @@ def test_prepare_data_rebuilds_a_stale_cache(demo_root, text_model, tmp_path):
     root = tmp_path / "coco"
     shutil.copytree(demo_root, root)
     kwargs = dict(data_root=str(root), text_model=text_model, max_length=32, cache_dir=str(tmp_path / "cache"))
-    dm = CocoRetrievalData(**kwargs)
+    dm = RetrievalData(**kwargs)
     dm.prepare_data()
     path = caption_cache_path(tmp_path / "cache", "val2014", text_model, 32)
     first = torch.load(path, weights_only=True)
@@ -59,11 +59,11 @@ def test_prepare_data_rebuilds_a_stale_cache(demo_root, text_model, tmp_path):
     data = json.loads(ann.read_text())
     data["annotations"][0]["caption"] = "a purple cross"
     ann.write_text(json.dumps(data))
-    dm = CocoRetrievalData(**kwargs)
+    dm = RetrievalData(**kwargs)
     dm.prepare_data()
     second = torch.load(path, weights_only=True)
     assert first["meta"]["annotation_sha256"] != second["meta"]["annotation_sha256"]
     assert not torch.equal(first["embeddings"][0], second["embeddings"][0])
     assert torch.equal(first["embeddings"][1:], second["embeddings"][1:])
     dm.setup("test")
-    assert torch.equal(dm._embeddings("val2014"), second["embeddings"])
+    assert torch.equal(dm.caption_embeddings("val2014"), second["embeddings"])

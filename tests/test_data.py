@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from clip_lab.data.coco import check_coco_files, load_coco_split
-from clip_lab.data.datamodule import CocoRetrievalData
+from clip_lab.data.datamodule import RetrievalData
 from clip_lab.data.sampling import PairBatchSampler
 from clip_lab.errors import ClipLabError
 
@@ -26,7 +26,7 @@ def test_missing_files_are_each_named_with_their_download(tmp_path):
 
 def test_datamodule_stops_before_any_work_without_data(tmp_path, text_model):
     with pytest.raises(ClipLabError, match="COCO 2014 files missing"):
-        CocoRetrievalData(data_root=str(tmp_path), text_model=text_model, cache_dir=str(tmp_path / "cache"))
+        RetrievalData(data_root=str(tmp_path), text_model=text_model, cache_dir=str(tmp_path / "cache"))
     assert not (tmp_path / "cache").exists()
 
 
@@ -82,7 +82,7 @@ def test_first_pairs_for_evaluation_keep_order_and_mark_captionless_images():
 
 
 def test_datamodule_batches_on_generated_data(demo_root, text_model, tmp_path):
-    dm = CocoRetrievalData(data_root=str(demo_root), text_model=text_model, max_length=32, cache_dir=str(tmp_path),
+    dm = RetrievalData(data_root=str(demo_root), text_model=text_model, max_length=32, cache_dir=str(tmp_path),
                            image_size=32, cache_image_size=40, batch_size=16, eval_batch_size=40, num_workers=0,
                            val_images=50)
     dm.prepare_data()
@@ -96,7 +96,7 @@ def test_datamodule_batches_on_generated_data(demo_root, text_model, tmp_path):
     assert len(set(index.tolist())) == 16
     assert torch.allclose(text.float().norm(dim=1), torch.ones(16), atol=1e-2)
     # every row pairs an image with one of its own captions
-    split, emb = dm.split("train2014"), dm._embeddings("train2014")
+    split, emb = dm.split("train2014"), dm.caption_embeddings("train2014")
     start = split.caption_start
     for row, i in enumerate(index.tolist()):
         assert any(torch.equal(text[row], emb[c]) for c in range(start[i], start[i + 1]))
@@ -115,7 +115,7 @@ def test_datamodule_batches_on_generated_data(demo_root, text_model, tmp_path):
 
 def test_datamodule_rejects_a_crop_larger_than_the_cache(demo_root, text_model, tmp_path):
     with pytest.raises(ClipLabError, match="at most cache_image_size"):
-        CocoRetrievalData(data_root=str(demo_root), text_model=text_model, image_size=64, cache_image_size=48)
+        RetrievalData(data_root=str(demo_root), text_model=text_model, image_size=64, cache_image_size=48)
 
 
 def test_unreadable_images_are_left_out_of_training_and_evaluation(demo_root, text_model, tmp_path):
@@ -126,7 +126,7 @@ def test_unreadable_images_are_left_out_of_training_and_evaluation(demo_root, te
     train, val = load_coco_split(root, "train2014"), load_coco_split(root, "val2014")
     train.image_path(3).write_bytes(b"")  # zero bytes
     val.image_path(7).unlink()  # listed in the annotations, absent on disk
-    dm = CocoRetrievalData(data_root=str(root), text_model=text_model, max_length=32, cache_dir=str(tmp_path / "c"),
+    dm = RetrievalData(data_root=str(root), text_model=text_model, max_length=32, cache_dir=str(tmp_path / "c"),
                            image_size=32, cache_image_size=40, batch_size=16, num_workers=0, val_images=0,
                            max_bad_images=0.05)
     dm.prepare_data()

@@ -12,7 +12,8 @@ def test_empty_results_give_a_report_that_names_each_missing_command(tmp_path):
     out = main(["--results_dir", str(tmp_path / "results"), "--out", str(tmp_path / "report" / "report.md"),
                 *REPORT_ARGS])
     text = (tmp_path / "report" / "report.md").read_text()
-    assert out["missing"] == 6
+    assert out["missing"] == 7
+    assert "python -m clip_lab baselines -c configs/coco.yaml --name baselines" in text
     assert "python -m clip_lab fit -c configs/coco.yaml --run baseline" in text
     assert "python -m clip_lab sweep -c configs/coco.yaml --seeds 3 --name ablations" in text
     assert "python -m clip_lab figures" in text
@@ -35,7 +36,10 @@ def fake_sweep(results, trained_run):
             runs[variant].append(run)
     from clip_lab.sweep import summarize
 
-    summary = summarize(runs)
+    summary = summarize({v: [json.loads((d / "test_metrics.json").read_text())["metrics"] for d in dirs]
+                         for v, dirs in runs.items()})
+    for variant, dirs in runs.items():
+        summary[variant]["runs"] = [str(d) for d in dirs]
     (results / "ablations.json").write_text(json.dumps({"seeds": [0, 1], "order": ["baseline", "bn_head"],
                                                         "variants": summary}))
 

@@ -12,20 +12,15 @@ from clip_lab.sweep import METRICS, markdown, overlays, summarize
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-def fake_run(tmp_path, name, rsum):
-    run = tmp_path / name
-    run.mkdir(parents=True)
-    metrics = {k: rsum / 6 for k in METRICS}
-    metrics["rsum"] = rsum
-    (run / "test_metrics.json").write_text(json.dumps({"metrics": metrics}))
-    return run
+def fake_metrics(rsum):
+    return {k: rsum / 6 for k in METRICS} | {"rsum": rsum}
 
 
-def test_summary_means_spreads_and_verdicts(tmp_path):
+def test_summary_means_spreads_and_verdicts():
     runs = {
-        "baseline": [fake_run(tmp_path, f"b{i}", r) for i, r in enumerate((3.0, 3.2, 3.4))],
-        "better": [fake_run(tmp_path, f"g{i}", r) for i, r in enumerate((4.0, 4.1, 4.2))],
-        "noise": [fake_run(tmp_path, f"n{i}", r) for i, r in enumerate((3.1, 3.3, 3.5))],
+        "baseline": [fake_metrics(r) for r in (3.0, 3.2, 3.4)],
+        "better": [fake_metrics(r) for r in (4.0, 4.1, 4.2)],
+        "noise": [fake_metrics(r) for r in (3.1, 3.3, 3.5)],
     }
     s = summarize(runs)
     base = s["baseline"]["metrics"]["rsum"]
@@ -54,7 +49,7 @@ def test_two_seed_sweep_on_the_demo_runs_end_to_end_and_resumes(demo_root, tmp_p
     results = tmp_path / "results"
     argv = ["sweep", "-c", str(CONFIGS / "coco.yaml"), "-c", str(CONFIGS / "demo.yaml"),
             "--variants", "baseline", "bn_head", "--seeds", "2", "--results_dir", str(results), "--",
-            "--data.data_root", str(demo_root), "--data.text_model", str(demo_root / "clip_text_tiny"),
+            "--data.data_root", str(demo_root), "--data.text_model", str(demo_root / "clip_tiny"),
             "--data.cache_dir", str(tmp_path / "cache"), "--data.num_workers", "0", "--trainer.max_epochs", "2",
             "--data.batch_size", "32", "--data.val_images", "48"]
     assert main(argv) == 0

@@ -1,4 +1,4 @@
-"""The LightningDataModule for COCO-format captioned images: caption and image caches, batches, device-side views."""
+"""The LightningDataModule for captioned images (COCO, Flickr8k/30k, Karpathy splits): caches, batches, device views."""
 
 from __future__ import annotations
 
@@ -13,22 +13,28 @@ from torch import Tensor
 
 from clip_lab.data.caption_cache import caption_cache_path, caption_embeddings, ensure_caption_cache, expected_meta
 from clip_lab.augment import augment, center_crop
-from clip_lab.data.coco import check_coco_files, load_coco_split
+from clip_lab.data.datasets import check_dataset_files, load_split
 from clip_lab.data.split import CaptionedSplit
 from clip_lab.data.loader import CachedBatchLoader
 from clip_lab.data import image_cache
 from clip_lab.data.sampling import Pairs, PairBatchSampler
 from clip_lab.errors import ClipLabError
+from clip_lab.metrics import folded_retrieval_metrics
+from clip_lab.protocols import Protocol, resolve_protocol
 from clip_lab.text import DEFAULT_TEXT_MODEL, TextEncoder, text_embed_dim
 
 log = logging.getLogger(__name__)
 
 
-class CocoRetrievalData(L.LightningDataModule):
-    """COCO 2014 captions: `train_split` for training, a fixed subset of `test_split` for validation, all of it for test.
+class RetrievalData(L.LightningDataModule):
+    """Captioned images: `train_split` for training, `val_split` (or a fixed subset of it) for validation, and
+    `test_split` under a named protocol for test.
 
     Args:
-        data_root: folder holding `<split>/` image folders and `annotations/captions_<split>.json`.
+        dataset: the files' format and layout under `data_root` (see `clip_lab.data.datasets`): "coco" (official
+            COCO 2014: `<split>/` image folders, `annotations/captions_<split>.json`), "coco_karpathy"
+            (`dataset_coco.json`), "flickr8k" (the official text files), "flickr8k_karpathy", "flickr30k".
+        data_root: the folder holding the dataset's files.
         text_model: Hugging Face id or local directory of the frozen CLIP text tower that embeds the captions.
         max_length: token limit of the text encoder (CLIP's context is 77).
         cache_dir: where the caption caches are written.
@@ -45,11 +51,18 @@ class CocoRetrievalData(L.LightningDataModule):
         num_workers: threads gathering batches from the image cache (and processes decoding images when the cache
             is built without a GPU).
         pairs: "image" (each image once per epoch, a random caption) or "caption" (each caption once per epoch).
-        val_images: size of the fixed validation subset of `test_split` (0 or more than the split: all of it).
+        val_images: size of the fixed seeded validation subset of the validation split (0 or more than the split:
+            all of it).
         seed: seeds the validation subset and the per-epoch shuffles.
         max_bad_images: fraction of a split's images that may be unreadable or absent; they are skipped (listed in
             the image cache's metadata). More stops before training with the files named.
         text_batch_size: captions per batch when building the caption cache.
+        train_split: the split trained on; several Karpathy splits join with "+" (COCO: "train+restval").
+        val_split: the split validated on (checkpoint selection); null: a fixed subset of `test_split` (the lab's
+            COCO 2014 set-up, which has no third split).
+        test_split: the split `test` evaluates.
+        protocol: how `test` evaluates it (`clip_lab.protocols`): "auto" (the standard one of the dataset's test
+            split: coco5k, flickr1k or val2014; else "full"), or a name, e.g. "coco1k" (mean over 5 folds).
     """
 
     def __init__(
@@ -71,8 +84,11 @@ class CocoRetrievalData(L.LightningDataModule):
         seed: int = 0,
         max_bad_images: float = 0.01,
         text_batch_size: int = 1024,
+        dataset: str = "coco",
         train_split: str = "train2014",
+        val_split: str | None = None,
         test_split: str = "val2014",
+        protocol: str = "auto",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -80,7 +96,8 @@ class CocoRetrievalData(L.LightningDataModule):
             raise ClipLabError(f"image_size {image_size} must be positive and at most cache_image_size {cache_image_size}")
         if not (0 < crop_scale <= 1 and 0 <= flip <= 1 and 0 <= jitter < 1):
             raise ClipLabError("augmentation out of range: need 0 < crop_scale <= 1, 0 <= flip <= 1, 0 <= jitter < 1")
-        check_coco_files(data_root, [train_split, test_split])  # fail before any work
+        self.protocol: Protocol = resolve_protocol(protocol, dataset, test_split)
+        check_dataset_files(dataset, data_root, self.split_names())  # fail before any work
         self.embed_dim = text_embed_dim(text_model)  # also fails fast when the text model cannot be found
         self.splits: dict[str, CaptionedSplit] = {}
         self.embeddings: dict[str, Tensor] = {}
@@ -90,13 +107,23 @@ class CocoRetrievalData(L.LightningDataModule):
     def split(self, name: str) -> CaptionedSplit:
         """The named split (its annotations read once)."""
         if name not in self.splits:
-            self.splits[name] = load_coco_split(self.hparams.data_root, name)
+            self.splits[name] = load_split(self.hparams.dataset, self.hparams.data_root, name)
         return self.splits[name]
+
+    def split_names(self) -> list[str]:
+        """The splits this data uses (train, validation, test), each once."""
+        hp = self.hparams
+        return list(dict.fromkeys([hp.train_split, hp.val_split or hp.test_split, hp.test_split]))
+
+    def eval_split(self, stage: str) -> str:
+        """The split evaluated at `stage`: the test split for test; the validation split, if any, for validation."""
+        hp = self.hparams
+        return hp.test_split if stage == "test" else hp.val_split or hp.test_split
 
     def _cache(self, name: str) -> tuple[Path, dict]:
         hp = self.hparams
         split = self.split(name)
-        return caption_cache_path(hp.cache_dir, name, hp.text_model, hp.max_length), expected_meta(
+        return caption_cache_path(hp.cache_dir, split.name, hp.text_model, hp.max_length), expected_meta(
             split, hp.text_model, hp.max_length
         )
 
@@ -106,13 +133,14 @@ class CocoRetrievalData(L.LightningDataModule):
         device = "cuda" if torch.cuda.is_available() else "cpu"
         encoder = functools.cache(lambda: TextEncoder(hp.text_model, hp.max_length).to(device))  # loaded once, if needed
         self._usable.clear()  # the caches may be rebuilt below
-        for name in dict.fromkeys([hp.train_split, hp.test_split]):
+        for name in self.split_names():
             split = self.split(name)
             image_cache.ensure_image_cache(hp.cache_dir, split, hp.cache_image_size, device, hp.num_workers,
                                            hp.max_bad_images)
             ensure_caption_cache(split, hp.cache_dir, hp.text_model, hp.max_length, encoder, hp.text_batch_size)
 
-    def _embeddings(self, name: str) -> Tensor:
+    def caption_embeddings(self, name: str) -> Tensor:
+        """The split's cached caption embeddings, float16 `[n_captions, dim]` (memory-mapped), in caption order."""
         if name not in self.embeddings:
             path, meta = self._cache(name)
             self.embeddings[name] = caption_embeddings(path, meta, self.split(name))
@@ -128,37 +156,52 @@ class CocoRetrievalData(L.LightningDataModule):
         return self._usable[name]
 
     def eval_images(self, stage: str) -> np.ndarray:
-        """Indices (into the test split) of the images evaluated at `stage`: a fixed seeded subset for validation."""
-        usable = self.usable_images(self.hparams.test_split)
+        """Indices (into `eval_split(stage)`) of the images evaluated at `stage`: a fixed seeded subset for validation."""
+        usable = self.usable_images(self.eval_split(stage))
         k = self.hparams.val_images
         if stage == "test" or k <= 0 or k >= len(usable):
             return usable
         return np.sort(np.random.default_rng(self.hparams.seed).choice(usable, size=k, replace=False))
 
     def eval_captions(self, stage: str) -> np.ndarray:
-        """Indices (into the test split's captions) of the captions of the images evaluated at `stage`."""
-        split = self.split(self.hparams.test_split)
+        """Indices (into the split's captions) of the captions evaluated at `stage`: those of the evaluated images,
+        each image's first `protocol.captions_per_image` only when the protocol caps them."""
+        split = self.split(self.eval_split(stage))
         evaluated = np.zeros(len(split.image_ids), dtype=bool)
         evaluated[self.eval_images(stage)] = True
-        return np.flatnonzero(evaluated[split.caption_image])
+        keep = evaluated[split.caption_image]
+        cap = self.protocol.captions_per_image
+        if cap is not None:  # a caption's place among its image's captions (they are grouped, image by image)
+            keep &= np.arange(len(split.caption_image)) - split.caption_start[split.caption_image] < cap
+        return np.flatnonzero(keep)
 
     def retrieval_targets(self, stage: str) -> tuple[Tensor, Tensor]:
         """(caption embeddings, caption -> position in `eval_images(stage)`) for `eval_captions(stage)`."""
-        split = self.split(self.hparams.test_split)
+        split = self.split(self.eval_split(stage))
         images, captions = self.eval_images(stage), self.eval_captions(stage)
         position = np.full(len(split.image_ids), -1)
         position[images] = np.arange(len(images))
-        emb = self._embeddings(self.hparams.test_split)[torch.from_numpy(captions)]
+        emb = self.caption_embeddings(self.eval_split(stage))[torch.from_numpy(captions)]
         return emb, torch.from_numpy(position[split.caption_image[captions]])
+
+    def retrieval_metrics(self, stage: str, image_emb: Tensor) -> dict[str, float]:
+        """Recall and ranks of `image_emb` (the images of `eval_images(stage)`, in that order) against their captions,
+        under the test protocol for test (its folds) and over the one validation gallery for validation; with the
+        gallery's `n_images` and `n_captions`."""
+        caption_emb, caption_image = self.retrieval_targets(stage)
+        folds = self.protocol.folds if stage == "test" else 1  # validation ranks checkpoints: one gallery
+        metrics = folded_retrieval_metrics(image_emb, caption_emb.to(image_emb.device),
+                                           caption_image.to(image_emb.device), folds)
+        return metrics | {"n_images": len(image_emb), "n_captions": len(caption_image)}
 
     # -- loaders ------------------------------------------------------------------------------------------------------
     def _loader(self, name: str, sampler: PairBatchSampler) -> CachedBatchLoader:
         hp = self.hparams
         if image_cache.open_image_cache(hp.cache_dir, self.split(name), hp.cache_image_size) is None:
             raise RuntimeError(f"the image cache of {name} is missing or stale: prepare_data should have built it")
-        path, _ = image_cache.image_cache_paths(hp.cache_dir, name, hp.cache_image_size)
+        path, _ = image_cache.image_cache_paths(hp.cache_dir, self.split(name).name, hp.cache_image_size)
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-        return CachedBatchLoader(path, self._embeddings(name), sampler, device, threads=hp.num_workers)
+        return CachedBatchLoader(path, self.caption_embeddings(name), sampler, device, threads=hp.num_workers)
 
     def train_dataloader(self) -> CachedBatchLoader:
         hp = self.hparams
@@ -169,10 +212,10 @@ class CocoRetrievalData(L.LightningDataModule):
 
     def _eval_loader(self, stage: str) -> CachedBatchLoader:
         hp = self.hparams
-        split = self.split(hp.test_split)
+        split = self.split(self.eval_split(stage))
         sampler = PairBatchSampler(split.caption_start, hp.eval_batch_size, "first", shuffle=False,
                                    images=self.eval_images(stage), **self._world())
-        return self._loader(hp.test_split, sampler)
+        return self._loader(self.eval_split(stage), sampler)
 
     def _world(self) -> dict[str, int]:
         """This process's rank and the number of processes: batch_size is per process."""

@@ -50,7 +50,8 @@ def split_names(dataset: str) -> tuple[str, ...]:
     return karpathy.KARPATHY_SPLITS[KARPATHY[dataset]]
 
 
-def _check_split(dataset: str, split: str) -> None:
+def check_split_name(dataset: str, split: str) -> None:
+    """Stop with the valid names unless `split` names a split of `dataset` (Karpathy: several joined with "+")."""
     if dataset in KARPATHY:
         karpathy.split_selector(split, split_names(dataset), f"dataset {dataset!r}")
     elif split not in split_names(dataset):
@@ -78,7 +79,7 @@ def _needs(dataset: str, root: Path) -> dict[str, _Need]:
 def check_dataset_files(dataset: str, data_root: str | Path, splits: Sequence[str]) -> None:
     """Stop before any work on an unknown dataset or split, or with one error naming every missing file."""
     for split in splits:
-        _check_split(_checked(dataset), split)
+        check_split_name(_checked(dataset), split)
     if dataset == "coco":
         check_coco_files(data_root, list(splits))
         return
