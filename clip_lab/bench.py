@@ -193,7 +193,7 @@ def bench_datamodule(args: argparse.Namespace, data_root: Path) -> Any:
     from clip_lab.data.datamodule import CocoRetrievalData
 
     return CocoRetrievalData(
-        data_root=str(data_root), text_model=str(data_root / "clip_text_tiny"), max_length=32,
+        data_root=str(data_root), text_model=str(data_root / "clip_tiny"), max_length=32,
         cache_dir=str(data_root / "cache"), image_size=args.image_size, cache_image_size=args.cache_image_size,
         crop_scale=0.35, flip=0.5, jitter=0.4,  # the augmentation ablation's views: the costlier case
         batch_size=args.batch_size, eval_batch_size=1024, num_workers=args.workers, val_images=0,

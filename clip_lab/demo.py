@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     run_dir = Path(args.results_dir) / args.run
     shutil.rmtree(run_dir, ignore_errors=True)  # the demo owns its run folder
     common = ["--run", args.run, "--results_dir", args.results_dir,
-              "--data.data_root", args.data, "--data.text_model", f"{args.data}/clip_text_tiny"]
+              "--data.data_root", args.data, "--data.text_model", f"{args.data}/clip_tiny"]
     fit = ["fit", "-c", str(CONFIGS / "coco.yaml"), "-c", str(CONFIGS / "demo.yaml"), *common]
     if args.max_epochs is not None:
         fit += ["--trainer.max_epochs", str(args.max_epochs)]

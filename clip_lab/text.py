@@ -53,6 +53,32 @@ def load_pretrained(cls: Any, name: str, **kwargs: Any) -> Any:
         ) from e
 
 
+def load_model(cls: Any, name: str) -> nn.Module:
+    """`load_pretrained(cls, name)` for a model class (one CLIP tower), refusing a checkpoint that lacks its weights.
+
+    A full CLIP checkpoint holds both towers, so the other tower's weights are expected leftovers: transformers 5
+    prints them as a long warning table, which is silenced here. Missing weights would be random, so they stop.
+    """
+    hf_log = logging.getLogger("transformers.modeling_utils")
+    quiet = _BelowError()  # a filter, not setLevel: transformers 5 reads that logger's level to pick other checks
+    hf_log.addFilter(quiet)
+    try:
+        model, info = load_pretrained(cls, name, output_loading_info=True)
+    finally:
+        hf_log.removeFilter(quiet)
+    missing = sorted(info.get("missing_keys", ()))
+    if missing:
+        raise ClipLabError(f"{name} has no weights for {len(missing)} tensors of {cls.__name__} (e.g. {missing[0]}), "
+                           "which would stay random. Fix: point it at a CLIP checkpoint that holds this tower "
+                           "(e.g. openai/clip-vit-base-patch32, or a folder saved from a full CLIPModel)")
+    return model
+
+
+class _BelowError(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
 def _check_hub_reachable(timeout: float = 3.0) -> None:
     """Raise OSError within `timeout` when the hub's host cannot be reached (the hub client retries for ~30 s)."""
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
@@ -102,7 +128,7 @@ class TextEncoder(nn.Module):
 
         self.name = name
         self.tokenizer = load_pretrained(AutoTokenizer, name)
-        self.model = load_pretrained(CLIPTextModelWithProjection, name).eval().requires_grad_(False)
+        self.model = load_model(CLIPTextModelWithProjection, name).eval().requires_grad_(False)
         self.max_length = min(max_length, self.model.config.max_position_embeddings)
         self.dim = int(self.model.config.projection_dim)
         self._backend = None  # a fast tokenizer's Rust core, set to truncate exactly as the HF call would

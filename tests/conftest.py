@@ -1,4 +1,4 @@
-"""Shared fixtures: one small generated COCO-format dataset (real JPEGs + captions JSON + tiny CLIP text tower) and one
+"""Shared fixtures: one small generated COCO-format dataset (real JPEGs + captions JSON + a tiny full CLIP) and one
 checkpoint trained on it through the CLI, shared by every test file that needs a trained model."""
 
 from pathlib import Path
@@ -13,7 +13,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 def _run_args(demo_root, tmp_path, run="t"):
     return ["--run", run, "--results_dir", str(tmp_path / "results"),
-            "--data.data_root", str(demo_root), "--data.text_model", str(demo_root / "clip_text_tiny"),
+            "--data.data_root", str(demo_root), "--data.text_model", str(demo_root / "clip_tiny"),
             "--data.cache_dir", str(tmp_path / "cache"), "--data.num_workers", "0"]
 
 
@@ -24,7 +24,13 @@ def demo_root(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def text_model(demo_root):
-    return str(demo_root / "clip_text_tiny")
+    return str(demo_root / "clip_tiny")
+
+
+@pytest.fixture(scope="session")
+def clip_model(demo_root):
+    """The demo's tiny full CLIP (the folder `text_model` names): for the image tower."""
+    return str(demo_root / "clip_tiny")
 
 
 @pytest.fixture(scope="session")

@@ -97,7 +97,7 @@ def test_gallery_is_cached_reused_and_rebuilt_for_another_checkpoint(trained_run
 
 def test_image_query_returns_top_captions_from_the_caption_cache(trained_run, demo_root, direct):
     split, images = direct
-    captions = caption_cache_path(trained_run.parent.parent / "cache", "val2014", str(demo_root / "clip_text_tiny"), 32)
+    captions = caption_cache_path(trained_run.parent.parent / "cache", "val2014", str(demo_root / "clip_tiny"), 32)
     stamp = captions.stat().st_mtime_ns
     query = demo_root / "val2014" / split.file_names[3]
     result = search.main(["--ckpt", ckpt_of(trained_run), "--image", str(query), "--k", "7"])

@@ -1,8 +1,8 @@
-"""A generated captioned dataset in COCO 2014 layout (real JPEGs, real captions JSON) and a tiny random CLIP text tower.
+"""A generated captioned dataset in COCO 2014 layout (real JPEGs, real captions JSON) and a tiny random full CLIP.
 
 Images hold one or two coloured shapes; each image gets five captions naming colour, shape, size and position, so
-retrieval is learnable. The text tower is a `CLIPTextModelWithProjection` saved with `save_pretrained` next to a
-word-level tokenizer: the demo loads it through the same `from_pretrained` path as OpenAI's model.
+retrieval is learnable. The model is a `CLIPModel` (text and image towers) saved with `save_pretrained` next to a
+word-level tokenizer and an image processor: the demo loads it through the same `from_pretrained` paths as OpenAI's.
 """
 
 from __future__ import annotations
@@ -12,9 +12,12 @@ import multiprocessing
 import random
 import shutil
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from PIL import Image, ImageDraw
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 COLORS = {
     "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 230), "yellow": (240, 215, 40),
@@ -136,11 +139,10 @@ def vocabulary() -> list[str]:
     return list(SPECIAL) + sorted(words)
 
 
-def make_text_model(path: Path, seed: int = 0, width: int = 128, layers: int = 2, projection_dim: int = 128) -> None:
-    """Save a randomly initialized small CLIP text tower and its word-level tokenizer to `path`."""
-    import torch
+def _tokenizer() -> PreTrainedTokenizerFast:
+    """The demo's word-level tokenizer: `<bos> words <eos>`, lowercased, split on whitespace and punctuation."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     vocab = {w: i for i, w in enumerate(vocabulary())}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
@@ -149,16 +151,55 @@ def make_text_model(path: Path, seed: int = 0, width: int = 128, layers: int = 2
     tok.post_processor = processors.TemplateProcessing(
         single="<bos> $A <eos>", special_tokens=[("<bos>", vocab["<bos>"]), ("<eos>", vocab["<eos>"])]
     )
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
-                                        pad_token="<pad>", unk_token="<unk>", model_max_length=32)
-    config = CLIPTextConfig(
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
+                                   pad_token="<pad>", unk_token="<unk>", model_max_length=32)
+
+
+def make_clip_model(
+    path: Path,
+    seed: int = 0,
+    width: int = 128,
+    layers: int = 2,
+    projection_dim: int = 128,
+    image_size: int = 64,
+    patch_size: int = 8,
+    vision_width: int = 128,
+    vision_layers: int = 2,
+) -> None:
+    """Save a randomly initialized small full CLIP (`CLIPModel`), its tokenizer and image processor to `path`.
+
+    The folder loads like OpenAI's: `CLIPTextModelWithProjection`, `CLIPVisionModelWithProjection`, `AutoTokenizer`,
+    `CLIPImageProcessor` and `AutoConfig` all take it. The text tower is drawn first, alone, from `seed`, exactly as
+    the demo's text-only model was (format 1), and copied in: the demo's caption embeddings stay bit-identical.
+    """
+    import torch
+    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextConfig,
+                              CLIPTextModelWithProjection, CLIPVisionConfig)
+
+    tokenizer = _tokenizer()
+    vocab = tokenizer.get_vocab()
+    text_config = CLIPTextConfig(
         vocab_size=len(vocab), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
         num_attention_heads=4, max_position_embeddings=32, projection_dim=projection_dim,
         bos_token_id=vocab["<bos>"], eos_token_id=vocab["<eos>"], pad_token_id=vocab["<pad>"],
     )
     torch.manual_seed(seed)
-    CLIPTextModelWithProjection(config).save_pretrained(path)
+    text = CLIPTextModelWithProjection(text_config)  # must stay the first draw after the seed (see the docstring)
+    vision_config = CLIPVisionConfig(
+        hidden_size=vision_width, intermediate_size=2 * vision_width, num_hidden_layers=vision_layers,
+        num_attention_heads=4, image_size=image_size, patch_size=patch_size, projection_dim=projection_dim,
+    )
+    # dicts, not config objects: the form every transformers version's CLIPConfig accepts
+    config = CLIPConfig(text_config=text_config.to_dict(), vision_config=vision_config.to_dict(),
+                        projection_dim=projection_dim)
+    model = CLIPModel(config)
+    missing, unexpected = model.load_state_dict(text.state_dict(), strict=False)
+    if unexpected or any(k.startswith(("text_model.", "text_projection.")) for k in missing):
+        raise RuntimeError(f"text tower does not fit CLIPModel: unexpected {unexpected}, missing {missing}")
+    model.save_pretrained(path)
     tokenizer.save_pretrained(path)
+    square = {"height": image_size, "width": image_size}
+    CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size=square).save_pretrained(path)
 
 
 def make_demo_dataset(
@@ -180,7 +221,7 @@ def make_demo_dataset(
     root = Path(root)
     done = root / "DONE.json"
     spec = {"n_train": n_train, "n_val": n_val, "seed": seed, "sides": list(sides),
-            "sizes": [list(s) for s in sizes] if sizes else None, "projection_dim": projection_dim, "format": 1}
+            "sizes": [list(s) for s in sizes] if sizes else None, "projection_dim": projection_dim, "format": 2}
     if done.is_file() and json.loads(done.read_text()) == spec:
         return root
     tmp = root.with_name(root.name + ".tmp")
@@ -188,7 +229,7 @@ def make_demo_dataset(
     shape = {"sides": sides, "sizes": sizes, "workers": workers}
     make_split(tmp, "train2014", n_train, seed, first_image_id=1, first_ann_id=1, **shape)
     make_split(tmp, "val2014", n_val, seed + 1, first_image_id=1_000_001, first_ann_id=10_000_001, **shape)
-    make_text_model(tmp / "clip_text_tiny", seed=seed, projection_dim=projection_dim)
+    make_clip_model(tmp / "clip_tiny", seed=seed, projection_dim=projection_dim)
     (tmp / "DONE.json").write_text(json.dumps(spec))
     shutil.rmtree(root, ignore_errors=True)
     tmp.rename(root)
