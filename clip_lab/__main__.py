@@ -9,7 +9,8 @@ from importlib import import_module
 from clip_lab.errors import ClipLabError
 
 JOBS = {"demo": "clip_lab.demo", "bench": "clip_lab.bench", "sweep": "clip_lab.sweep", "report": "clip_lab.report",
-        "zeroshot": "clip_lab.zeroshot", "search": "clip_lab.search", "figures": "clip_lab.figures"}  # jobs beside LightningCLI's fit/validate/test, each a module with main(argv)
+        "zeroshot": "clip_lab.zeroshot", "search": "clip_lab.search", "figures": "clip_lab.figures",
+        "baselines": "clip_lab.baselines"}  # jobs beside LightningCLI's fit/validate/test, each a module with main(argv)
 
 
 class StderrHandler(logging.StreamHandler):

@@ -190,9 +190,9 @@ class Throughput(Callback):
 
 
 def bench_datamodule(args: argparse.Namespace, data_root: Path) -> Any:
-    from clip_lab.data.datamodule import CocoRetrievalData
+    from clip_lab.data.datamodule import RetrievalData
 
-    return CocoRetrievalData(
+    return RetrievalData(
         data_root=str(data_root), text_model=str(data_root / "clip_tiny"), max_length=32,
         cache_dir=str(data_root / "cache"), image_size=args.image_size, cache_image_size=args.cache_image_size,
         crop_scale=0.35, flip=0.5, jitter=0.4,  # the augmentation ablation's views: the costlier case

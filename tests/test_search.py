@@ -121,7 +121,7 @@ def test_image_query_returns_top_captions_from_the_caption_cache(trained_run, de
     ({"--text": None, "--image": "nowhere.jpg"}, "query image nowhere.jpg does not exist"),
     ({"--text": None, "--image": "BAD"}, "cannot read image"),
     ({"--ckpt": "BAD"}, "cannot load"),
-    ({"--split": "test2015"}, "no split 'test2015' under data_root"),
+    ({"--split": "test2015"}, "unknown split 'test2015' for dataset 'coco'"),
     ({"--k": "0"}, "--k must be at least 1"),
 ])
 def test_bad_input_is_one_clear_line(trained_run, demo_root, tmp_path, capsys, change, message):
