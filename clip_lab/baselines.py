@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("-c", "--config", action="append", default=None,
                         help="config(s) of the runs to compare with, stacked in order (default: configs/coco.yaml)")
     parser.add_argument("--name", default="baselines", help="results/<name>.json and .md")
-    parser.add_argument("--heads", nargs="*", default=list(HEADS), choices=HEADS, help="heads to train (none: "
-                        "the zero-shot row alone)")
+    parser.add_argument("--heads", nargs="*", default=["linear", "mlp"], choices=HEADS,
+                        help="heads to train (none: the zero-shot row alone)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per head")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch_size", type=int, default=256)
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             log.info("%s seed %d: best epoch %d, %.1f s, test R-sum %.1f", label, seed, run.best_epoch, run.seconds,
                      100 * results[label][-1]["rsum"])
 
-    summary = summarize(results, base=PRETRAINED)
+    summary = summarize(results, base=PRETRAINED, exact=[PRETRAINED])
     order = list(results)
     test = results[PRETRAINED][0]
     out = {

@@ -18,7 +18,7 @@ import logging
 import math
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from clip_lab import cli
 from clip_lab.errors import ClipLabError
@@ -71,15 +71,18 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
-def summarize(results: dict[str, list[dict[str, float]]], base: str = "baseline") -> dict[str, Any]:
+def summarize(results: dict[str, list[dict[str, float]]], base: str = "baseline",
+              exact: Sequence[str] = ()) -> dict[str, Any]:
     """Per variant (its test metrics, one dict per seed): each metric's values, mean and std over seeds, and its
-    difference to the `base` variant's."""
+    difference to the `base` variant's. Variants in `exact` have no seed (a pretrained model evaluated once): their
+    spread is zero, not unknown."""
     out: dict[str, Any] = {}
     for variant, seeds in results.items():
         metrics = {}
         for key in METRICS:
             values = [r[key] for r in seeds]
             mean, std = mean_std(values)
+            std = 0.0 if variant in exact else std
             metrics[key] = {"values": values, "mean": mean, "std": std}
         out[variant] = {"metrics": metrics}
     if base in out:
@@ -104,7 +107,7 @@ def ablation_table(summary: dict[str, Any], order: list[str] | None = None,
     rows = []
     for variant in order or list(summary):
         v = summary[variant]
-        cells = [f"{100 * m['mean']:.1f} ± {100 * m['std']:.1f}" if not math.isnan(m["std"]) else f"{100 * m['mean']:.1f}"
+        cells = [f"{100 * m['mean']:.1f} ± {100 * m['std']:.1f}" if len(m["values"]) > 1 else f"{100 * m['mean']:.1f}"
                  for m in (v["metrics"][key] for key in METRICS)]
         cmp = v.get("vs_baseline", {}).get("rsum")
         if variant == base or cmp is None:
