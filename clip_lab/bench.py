@@ -5,7 +5,9 @@ Everything runs on generated data in one process, so one command on one machine 
   fit       Lightning `fit` through the real datamodule (image cache, device-side augmentation) on >= 20,000
             generated JPEGs of ~640x480, timed after a warm-up epoch;
   naive     the same JPEGs through PIL + torchvision transforms in DataLoader workers, fp32, `loss.item()` per step;
-  caption cache, image cache, and a val2014-scale retrieval evaluation.
+  caption cache, image cache, and a val2014-scale retrieval evaluation;
+  features  the frozen CLIP image tower (ViT-B/32 shape, random weights) over the image cache: the feature cache;
+  heads     head-only training (linear and MLP heads) on cached features at COCO Karpathy train size.
 `--small` shrinks every size so the CPU tests can run it.
 """
 
@@ -211,7 +213,7 @@ def bench_loader(args: argparse.Namespace, data_root: Path, device: torch.device
     split = dm.split("train2014")
     sampler = PairBatchSampler(split.caption_start, args.batch_size, "image", drop_last=True)
     path = data_root / "cache" / f"images_train2014_{args.cache_image_size}.npy"
-    loader = CachedBatchLoader(path, dm._embeddings("train2014"), sampler, device, threads=args.workers)
+    loader = CachedBatchLoader(path, dm.caption_embeddings("train2014"), sampler, device, threads=args.workers)
     images = 0
     for epoch in range(2):  # the first epoch warms the page cache and the pinned buffers
         sampler.set_epoch(epoch)
@@ -342,6 +344,64 @@ def bench_retrieval(n_images: int, n_captions: int, device: torch.device) -> dic
     return {"images": n_images, "captions": n_captions, "seconds": dt, "t2i_R@1": metrics["t2i_R@1"]}
 
 
+# -- frozen features and head-only training ---------------------------------------------------------------------------
+def bench_features(args: argparse.Namespace, data_root: Path, device: torch.device) -> dict[str, Any]:
+    """Feature-cache build over the train image cache with a CLIP image tower of ViT-B/32's shape (random weights)."""
+    from clip_lab.data import feature_cache, image_cache
+    from clip_lab.data.coco import load_coco_split
+    from clip_lab.data.synthetic import make_clip_model
+    from clip_lab.vision import ClipImageTower
+
+    model = data_root / "clip_vit_b32_shape"
+    if not (model / "config.json").is_file():
+        shape = dict(image_size=64, patch_size=8, vision_width=128, vision_layers=2) if args.small else dict(
+            image_size=224, patch_size=32, vision_width=768, vision_layers=12)
+        make_clip_model(model, projection_dim=512, **shape)
+    split = load_coco_split(data_root, "train2014")
+    cache = data_root / "cache"
+    images = image_cache.ensure_image_cache(cache, split, args.cache_image_size, device, args.workers)
+    tower = ClipImageTower(str(model)).to(device)
+    meta = feature_cache.expected_meta(split, str(model), args.cache_image_size)
+    path = feature_cache.feature_cache_path(cache, split.name, str(model), args.cache_image_size)
+    _sync(device)
+    t0 = time.perf_counter()
+    feature_cache.build_feature_cache(images, tower, path, meta)
+    dt = time.perf_counter() - t0
+    return {"images": len(images), "input": tower.input_size, "feature_dim": tower.feature_dim, "seconds": dt,
+            "images_per_s": len(images) / dt}
+
+
+def bench_heads(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Seconds per epoch of head-only training (with its validation scoring) at COCO Karpathy train size."""
+    from clip_lab.heads import Pairs, train_head
+    from clip_lab.metrics import embedding_retrieval_metrics
+
+    n, n_val, dim = (2000, 500, 64) if args.small else (113287, 5000, 768)
+    g = torch.Generator(device).manual_seed(0)
+    w = torch.randn(dim, 512, generator=g, device=device) / dim ** 0.5
+
+    def world(k: int) -> tuple[Pairs, torch.Tensor]:
+        x = torch.randn(k, dim, generator=g, device=device)
+        owner = torch.arange(k, device=device).repeat_interleave(5)
+        text = F.normalize(x[owner] @ w + torch.randn(len(owner), 512, generator=g, device=device), dim=-1)
+        return Pairs(x, text, np.arange(0, 5 * k + 1, 5), np.arange(k)), owner
+
+    train, _ = world(n)
+    val, owner = world(n_val)
+    score = lambda m: embedding_retrieval_metrics(m(val.features), val.captions, owner)["rsum"]  # noqa: E731
+    out: dict[str, Any] = {"images": n, "captions": 5 * n, "feature_dim": dim, "val_images": n_val}
+    for kind in ("linear", "mlp"):
+        run = train_head(kind, train, lambda m: _no_grad(score, m), epochs=args.head_epochs, seed=0)
+        out[kind] = {"epochs": args.head_epochs, "seconds": run.seconds, "seconds_per_epoch": run.seconds / args.head_epochs,
+                     "val_rsum": run.history[run.best_epoch]["val_rsum"]}
+    return out
+
+
+def _no_grad(fn: Callable[[Any], float], *args: Any) -> float:
+    with torch.no_grad():
+        return fn(*args)
+
+
 # -- the whole run ------------------------------------------------------------------------------------------------
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m clip_lab bench", description=__doc__,
@@ -352,18 +412,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1), help="loader/decoder processes")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="eager training step")
     p.add_argument("--only", nargs="*", default=None,
-                   help="run only these parts: caption_cache image_cache ceiling loader fit naive retrieval")
-    for name in ("n_train", "n_val", "captions", "epochs", "steps", "naive_steps", "batch_size"):
+                   help="run only these parts: caption_cache image_cache ceiling loader fit naive retrieval features "
+                   "heads")
+    for name in ("n_train", "n_val", "captions", "epochs", "steps", "naive_steps", "batch_size", "head_epochs"):
         p.add_argument(f"--{name}", type=int, default=None, help="override the preset")
     args = p.parse_args(argv)
     # full size: 20,000 train JPEGs of COCO's sizes, a val split as large as val2014 (the --small data uses `sides`)
     sizes = dict(n_train=20000, n_val=40504, sides=(480, 640), batch_size=256, image_size=224, cache_image_size=256,
                  backbone="resnet50", epochs=4, warmup_steps=15, steps=60, naive_warmup=5, naive_steps=30,
-                 captions=300000, retrieval_images=40504, retrieval_captions=202654)
+                 captions=300000, retrieval_images=40504, retrieval_captions=202654, head_epochs=5)
     if args.small:
         sizes.update(n_train=256, n_val=128, sides=(96, 160), batch_size=32, image_size=64, cache_image_size=72,
                      backbone="resnet18", epochs=2, warmup_steps=1, steps=3, naive_warmup=1, naive_steps=2,
-                     captions=3000, retrieval_images=500, retrieval_captions=2500)
+                     captions=3000, retrieval_images=500, retrieval_captions=2500, head_epochs=2)
         args.compile = False
         args.workers = min(args.workers, 2)
     for k, v in sizes.items():
@@ -416,6 +477,16 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         c = r["image_cache"]
         rows.append(("image cache build", f"{c['images_per_s']:,.0f} img/s",
                      f"{c['images']:,} JPEGs of {c['shapes']} -> {c['size']} px, {c['decoder']}"))
+    if "features" in r:
+        c = r["features"]
+        rows.append(("feature cache build (frozen CLIP image tower)", f"{c['images_per_s']:,.0f} img/s",
+                     f"{c['images']:,} cached images -> {c['input']} px, ViT-B/32 shape, random weights"))
+    if "heads" in r:
+        c = r["heads"]
+        for kind in ("linear", "mlp"):
+            rows.append((f"head-only training, {kind} head", f"{c[kind]['seconds_per_epoch']:.2f} s/epoch",
+                         f"{c['images']:,} images x {c['feature_dim']}-d features, {c['captions']:,} captions, "
+                         f"batch 256, validation on {c['val_images']:,} images included"))
     if "retrieval" in r:
         c = r["retrieval"]
         rows.append(("retrieval metrics", f"{c['seconds']:.2f} s", f"{c['images']:,} x {c['captions']:,} embeddings"))
@@ -442,7 +513,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     root = Path(args.root)
-    parts = set(args.only or ["caption_cache", "image_cache", "ceiling", "loader", "fit", "naive", "retrieval"])
+    parts = set(args.only or ["caption_cache", "image_cache", "ceiling", "loader", "fit", "naive", "retrieval",
+                              "features", "heads"])
     results: dict[str, Any] = {
         "command": "python -m clip_lab bench " + " ".join(sys.argv[1:] if argv is None else argv),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -486,6 +558,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         steps.append(("naive", lambda: bench_naive(args, data_root, device)))
     if "retrieval" in parts:
         steps.append(("retrieval", lambda: bench_retrieval(args.retrieval_images, args.retrieval_captions, device)))
+    if "features" in parts:
+        steps.append(("features", lambda: bench_features(args, data_root, device)))
+    if "heads" in parts:
+        steps.append(("heads", lambda: bench_heads(args, device)))
     for name, run in steps:
         log.info("bench: %s ...", name)
         results[name] = run()

@@ -17,9 +17,12 @@ def test_small_bench_writes_the_whole_table(tmp_path, capsys):
     assert result["caption_cache"]["captions"] == 3000 and result["caption_cache"]["captions_per_s"] > 0
     assert result["image_cache"]["images"] == 256 and result["image_cache"]["images_per_s"] > 0
     assert result["retrieval"]["images"] == 500 and 0 <= result["retrieval"]["t2i_R@1"] <= 1
+    assert result["features"]["images"] == 256 and result["features"]["images_per_s"] > 0
+    for head in ("linear", "mlp"):  # a known linear map: the heads start learning it (chance R-sum is 0.064)
+        assert result["heads"][head]["seconds_per_epoch"] > 0 and result["heads"][head]["val_rsum"] > 0.2
     assert result["command"].startswith("python -m clip_lab bench --small")
     md = out.with_suffix(".md").read_text()
-    assert md.count("\n| ") == 10  # header, rule, 8 measures
+    assert md.count("\n| ") == 13  # header, rule, 11 measures
     printed = capsys.readouterr().out
     assert "end-to-end fit" in printed and "x ceiling" in printed and "fit is" in printed
     assert sorted(p.name for p in out.parent.iterdir()) == ["cpu.json", "cpu.md"]  # nothing half-written beside

@@ -58,7 +58,8 @@ def test_missing_data_is_one_clear_line(tmp_path, demo_root, run_args, capsys):
 
 def test_fit_records_time_and_hardware_and_test_keeps_examples_for_the_report(trained_run):
     stats = json.loads((trained_run / "run_stats.json").read_text())
-    assert stats["finished"] and stats["hardware"]["accelerator"] == "cpu" and stats["hardware"]["devices"] == 1
+    accelerator = "cuda" if torch.cuda.is_available() else "cpu"  # the trainer's "auto" choice
+    assert stats["finished"] and stats["hardware"]["accelerator"] == accelerator and stats["hardware"]["devices"] == 1
     assert [e["epoch"] for e in stats["epochs"]] == list(range(6))
     for e in stats["epochs"]:
         assert e["train_images"] == 256 // 32 * 32 and e["train_images_per_s"] > 0

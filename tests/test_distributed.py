@@ -87,7 +87,8 @@ def test_two_process_test_gives_the_recall_of_one_process(trained_run, tmp_path)
     args = [sys.executable, "-m", "clip_lab", "test", "-c", str(trained_run / "config.yaml"), "--ckpt_path",
             str(trained_run / "checkpoints" / "best.ckpt"), "--trainer.accelerator", "cpu", "--trainer.devices", "2",
             "--trainer.strategy", "ddp", "--results_dir", str(tmp_path), "--run", "ddp"]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                         *filter(None, [os.environ.get("PYTHONPATH")])])}
     done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     two = json.loads((tmp_path / "ddp" / "test_metrics.json").read_text())["metrics"]
@@ -102,7 +103,8 @@ def test_two_process_fit_runs_end_to_end_with_one_writer(demo_root, tmp_path, ru
     args = [sys.executable, "-m", "clip_lab", "fit", "-c", str(configs / "coco.yaml"), "-c", str(configs / "demo.yaml"),
             "-c", str(configs / "ddp.yaml"), *run_args(demo_root, tmp_path, "ddp"), "--trainer.accelerator", "cpu",
             "--trainer.max_epochs", "1", "--data.batch_size", "16", "--data.val_images", "48"]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                         *filter(None, [os.environ.get("PYTHONPATH")])])}
     done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     run = tmp_path / "results" / "ddp"

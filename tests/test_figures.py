@@ -36,9 +36,11 @@ def fake_sweep(results, name="abl"):
             metrics = {k: level + 0.02 * seed for k in METRICS}
             (run / "test_metrics.json").write_text(json.dumps({"metrics": metrics}))
             runs.setdefault(v, []).append(run)
-    summary = summarize(runs)
+    summary = summarize({v: [json.loads((d / "test_metrics.json").read_text())["metrics"] for d in dirs]
+                         for v, dirs in runs.items()})
     (results / f"{name}.json").write_text(json.dumps(
-        {"seeds": [0, 1], "variants": {v: {"overlays": [], **summary[v]} for v in runs}}))
+        {"seeds": [0, 1], "variants": {v: {"overlays": [], "runs": [str(d) for d in runs[v]], **summary[v]}
+                                       for v in runs}}))
 
 
 @pytest.fixture(scope="module")
