@@ -72,7 +72,7 @@ class ClipLabCLI(LightningCLI):
                 "checkpoint.filename": "best",
                 "checkpoint.save_last": True,
                 "checkpoint.enable_version_counter": False,
-                "trainer.precision": "bf16-mixed" if torch.cuda.is_available() else "32-true",
+                "trainer.precision": None,  # chosen from the accelerator in instantiate_trainer
             }
         )
 
@@ -115,6 +115,9 @@ class ClipLabCLI(LightningCLI):
             resume = config.get("ckpt_path") if self.subcommand == "fit" else None
             logger = RunCSVLogger(config.results_dir, config.run, resume) if self.subcommand == "fit" else False
             kwargs.setdefault("logger", logger)
+        if config.trainer.get("precision") is None:  # bf16 where it is fast: on a GPU, not on a CPU
+            on_gpu = config.trainer.get("accelerator") in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+            kwargs.setdefault("precision", "bf16-mixed" if on_gpu else "32-true")
         trainer = super().instantiate_trainer(**kwargs)
         if self.subcommand == "fit":
             trainer.callbacks.append(RunStats())  # results/<run>/run_stats.json: hardware, time, images/s

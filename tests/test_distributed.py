@@ -12,6 +12,7 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from clip_lab.__main__ import main
 from clip_lab.data.sampling import PairBatchSampler
 from clip_lab.loss import InfoNCE
 
@@ -84,15 +85,17 @@ def test_ranks_split_each_global_batch_and_see_every_image_once_per_epoch():
 
 
 def test_two_process_test_gives_the_recall_of_one_process(trained_run, tmp_path):
-    args = [sys.executable, "-m", "clip_lab", "test", "-c", str(trained_run / "config.yaml"), "--ckpt_path",
-            str(trained_run / "checkpoints" / "best.ckpt"), "--trainer.accelerator", "cpu", "--trainer.devices", "2",
-            "--trainer.strategy", "ddp", "--results_dir", str(tmp_path), "--run", "ddp"]
+    test = ["test", "-c", str(trained_run / "config.yaml"), "--ckpt_path", str(trained_run / "checkpoints" / "best.ckpt"),
+            "--trainer.accelerator", "cpu", "--results_dir", str(tmp_path)]
+    assert main([*test, "--run", "one"]) == 0  # one CPU process: the reference, whatever device trained the model
+    args = [sys.executable, "-m", "clip_lab", *test, "--trainer.devices", "2", "--trainer.strategy", "ddp",
+            "--run", "ddp"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
                                                          *filter(None, [os.environ.get("PYTHONPATH")])])}
     done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     two = json.loads((tmp_path / "ddp" / "test_metrics.json").read_text())["metrics"]
-    one = json.loads((trained_run / "test_metrics.json").read_text())["metrics"]
+    one = json.loads((tmp_path / "one" / "test_metrics.json").read_text())["metrics"]
     assert two["n_images"] == one["n_images"] == 96 and two["n_captions"] == one["n_captions"]
     for key in ("i2t_R@1", "i2t_R@5", "t2i_R@1", "t2i_R@10", "rsum", "i2t_MRR"):
         assert two[key] == pytest.approx(one[key], abs=1e-6), key
