@@ -1,16 +1,20 @@
-"""Small file helpers: atomic writes and content fingerprints."""
+"""Small file helpers: atomic writes, content fingerprints, checked cache loads."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -47,3 +51,27 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def name_slug(name: str, limit: int = 60) -> str:
+    """A model id or path as a file-name part: `openai/clip-vit-base-patch32` -> `openai_clip-vit-base-patch32`."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name.strip("/")).strip("_")[-limit:]
+
+
+def load_cache(path: Path, meta: dict[str, Any], what: str) -> dict[str, Any] | None:
+    """The torch cache file at `path` if its stored `meta` equals `meta` on every key of `meta`; None when it is
+    missing, unreadable (truncated, foreign) or stale, the reason logged so the rebuild that follows is explained."""
+    if not path.is_file():
+        return None
+    try:
+        cache = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # truncated or foreign file: rebuild
+        log.warning("%s %s is unreadable (%s: %s); rebuilding it", what, path, type(e).__name__,
+                    (str(e).strip().splitlines() or [""])[0])
+        return None
+    stored = cache.get("meta", {}) if isinstance(cache, dict) else {}
+    diff = sorted(k for k in meta if stored.get(k) != meta[k])
+    if diff:
+        log.warning("%s %s is stale (%s changed); rebuilding it", what, path, ", ".join(diff))
+        return None
+    return cache

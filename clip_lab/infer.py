@@ -22,7 +22,7 @@ from clip_lab.data import datasets
 from clip_lab.data.split import CaptionedSplit
 from clip_lab.data.datamodule import RetrievalData
 from clip_lab.errors import ClipLabError
-from clip_lab.files import atomic_path, save_torch, sha256_file
+from clip_lab.files import atomic_path, load_cache, save_torch, sha256_file
 from clip_lab.module import ClipLab
 from clip_lab.text import TextEncoder
 
@@ -224,17 +224,12 @@ def image_gallery(ckpt: Checkpoint, split: CaptionedSplit) -> tuple[Tensor, np.n
 
 
 def _load_gallery(path: Path, meta: dict[str, Any]) -> Tensor | None:
-    if not path.is_file():
+    cache = load_cache(path, meta, "image gallery")
+    if cache is None:
         return None
-    try:
-        cache = torch.load(path, map_location="cpu", weights_only=True)
-        stored, emb = cache["meta"], cache["embeddings"]
-    except Exception as e:  # truncated or foreign file: rebuild
-        log.warning("image gallery %s is unreadable (%s); rebuilding it", path, reason(e))
-        return None
-    diff = sorted(k for k in meta if stored.get(k) != meta[k])
-    if diff or emb.shape != (meta["image_cache"]["n_images"], meta["dim"]):
-        log.warning("image gallery %s is stale (%s changed); rebuilding it", path, ", ".join(diff) or "shape")
+    emb = cache.get("embeddings")
+    if not isinstance(emb, Tensor) or emb.shape != (meta["image_cache"]["n_images"], meta["dim"]):
+        log.warning("image gallery %s holds embeddings of another shape; rebuilding it", path)
         return None
     return emb
 

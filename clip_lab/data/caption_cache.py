@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -12,7 +11,7 @@ import torch
 from torch import Tensor
 
 from clip_lab.data.split import CaptionedSplit
-from clip_lab.files import save_torch, sha256_file
+from clip_lab.files import load_cache, name_slug, save_torch, sha256_file
 from clip_lab.text import TextEncoder, text_model_fingerprint
 
 log = logging.getLogger(__name__)
@@ -21,8 +20,7 @@ CACHE_VERSION = 1  # bump when the layout or the meaning of the stored embedding
 
 
 def caption_cache_path(cache_dir: str | Path, split: str, text_model: str, max_length: int) -> Path:
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", text_model.strip("/")).strip("_")[-60:]
-    return Path(cache_dir) / f"captions_{split}_{slug}_L{max_length}.pt"
+    return Path(cache_dir) / f"captions_{split}_{name_slug(text_model)}_L{max_length}.pt"
 
 
 def expected_meta(split: CaptionedSplit, text_model: str, max_length: int) -> dict[str, Any]:
@@ -40,17 +38,8 @@ def expected_meta(split: CaptionedSplit, text_model: str, max_length: int) -> di
 
 def load_caption_cache(path: Path, meta: dict[str, Any], split: CaptionedSplit) -> dict[str, Any] | None:
     """The cache at `path` if it matches `meta` and the split's captions one by one; None (and why, logged) if not."""
-    if not path.is_file():
-        return None
-    try:
-        cache = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # truncated or foreign file: rebuild
-        log.warning("caption cache %s is unreadable (%s); rebuilding it", path, e)
-        return None
-    stored = cache.get("meta", {}) if isinstance(cache, dict) else {}
-    diff = sorted(k for k in meta if stored.get(k) != meta[k])
-    if diff:
-        log.warning("caption cache %s is stale (%s changed); rebuilding it", path, ", ".join(diff))
+    cache = load_cache(path, meta, "caption cache")
+    if cache is None:
         return None
     if not torch.equal(cache["ann_ids"], torch.from_numpy(split.caption_ids)):
         log.warning("caption cache %s lists other annotations than %s; rebuilding it", path, split.annotation_file)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,7 +13,7 @@ import torch
 
 from clip_lab.data import image_cache
 from clip_lab.data.split import CaptionedSplit
-from clip_lab.files import save_torch
+from clip_lab.files import load_cache, name_slug, save_torch
 from clip_lab.text import text_model_fingerprint
 from clip_lab.vision import ClipImageTower
 
@@ -25,8 +24,7 @@ CACHE_VERSION = 1  # bump when the layout or the meaning of the stored features 
 
 def feature_cache_path(cache_dir: str | Path, split_name: str, model_name: str, size: int) -> Path:
     """`features_<split>_<model slug>_<size>.pt`, `size` being the image cache's square side the features come from."""
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model_name.strip("/")).strip("_")[-60:]
-    return Path(cache_dir) / f"features_{split_name}_{slug}_{size}.pt"
+    return Path(cache_dir) / f"features_{split_name}_{name_slug(model_name)}_{size}.pt"
 
 
 def expected_meta(split: CaptionedSplit, model_name: str, size: int) -> dict[str, Any]:
@@ -42,18 +40,10 @@ def expected_meta(split: CaptionedSplit, model_name: str, size: int) -> dict[str
 
 def load_feature_cache(path: Path, meta: dict[str, Any]) -> dict[str, Any] | None:
     """The cache at `path` if it matches `meta` and holds a row per image; None (and why, logged) if not."""
-    if not path.is_file():
+    cache = load_cache(path, meta, "feature cache")
+    if cache is None:
         return None
-    try:
-        cache = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # truncated or foreign file: rebuild
-        log.warning("feature cache %s is unreadable (%s); rebuilding it", path, e)
-        return None
-    stored = cache.get("meta", {}) if isinstance(cache, dict) else {}
-    diff = sorted(k for k in meta if stored.get(k) != meta[k])
-    if diff:
-        log.warning("feature cache %s is stale (%s changed); rebuilding it", path, ", ".join(diff))
-        return None
+    stored = cache["meta"]
     n = meta["image_cache"]["n_images"]
     for key, dim in (("pooled", stored.get("feature_dim")), ("embeds", stored.get("embed_dim"))):
         t = cache.get(key)
