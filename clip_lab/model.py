@@ -14,18 +14,27 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def build_backbone(name: str, weights: str | None) -> nn.Module:
+def build_backbone(name: str, weights: str | None, image_size: int = 224) -> nn.Module:
     """`torchvision.models.get_model(name, weights=...)`, failing with a clear message when weights are not available.
 
     `weights=None` means random initialization, and only then: a failed download never falls back to it.
+    `image_size` matters only to Vision Transformers, whose position embeddings fix the input size (convolutional
+    backbones pool whatever size they get): a randomly initialized ViT is built for it; pretrained ViT weights
+    exist for 224 px only.
     """
     try:
         builder = torchvision.models.get_model_builder(name)
     except ValueError:
         raise ClipLabError(f"unknown backbone {name!r}; choose one of torchvision.models.list_models(), e.g. "
-                           "resnet50, resnet18, mobilenet_v3_small, convnext_tiny") from None
+                           "resnet50, resnet18, mobilenet_v3_small, convnext_tiny, vit_b_16") from None
+    size = {}
+    if name.startswith("vit_") and image_size != 224:
+        if weights is not None:
+            raise ClipLabError(f"{name}'s pretrained weights are for 224 px images, not data.image_size {image_size}; "
+                               "set data.image_size: 224 (and data.cache_image_size: 256) or model.weights: null")
+        size = {"image_size": image_size}
     if weights is None:
-        return builder(weights=None)
+        return builder(weights=None, **size)
     try:
         enum = torchvision.models.get_model_weights(name)[weights]
     except KeyError:
@@ -64,9 +73,10 @@ class ImageEncoder(nn.Module):
     it): no gradients, and their BatchNorm statistics stay those of the pretrained weights.
     """
 
-    def __init__(self, backbone: str = "resnet50", weights: str | None = "IMAGENET1K_V2", freeze_stages: int = 0) -> None:
+    def __init__(self, backbone: str = "resnet50", weights: str | None = "IMAGENET1K_V2", freeze_stages: int = 0,
+                 image_size: int = 224) -> None:
         super().__init__()
-        self.trunk = build_backbone(backbone, weights)
+        self.trunk = build_backbone(backbone, weights, image_size)
         self.out_dim = strip_classifier(self.trunk)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)

@@ -60,6 +60,8 @@ class ClipLab(L.LightningModule):
         warmup_fraction: share of all optimizer steps spent on linear warmup before the cosine decay to zero.
         temperature: initial softmax temperature (CLIP's 0.07, a logit scale of ~14.3); learned from there.
         max_logit_scale: the logit scale (1 / temperature) is clamped at this value, as in CLIP.
+        image_size: side of the input images (linked from the data by the CLI); only a Vision Transformer's shape
+            depends on it.
         compile: `torch.compile` the training forward pass (GPU: ~1.4x the images/s of ResNet50 after a minute or
             two of compilation at the start of fit; evaluation stays eager).
     """
@@ -80,10 +82,11 @@ class ClipLab(L.LightningModule):
         temperature: float = 0.07,
         max_logit_scale: float = 100.0,
         compile: bool = False,
+        image_size: int = 224,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.image_encoder = ImageEncoder(backbone, weights, freeze_stages)
+        self.image_encoder = ImageEncoder(backbone, weights, freeze_stages, image_size)
         self.head = build_head(head, self.image_encoder.out_dim, embed_dim, head_hidden, head_norm)
         self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / temperature)))
         self.loss = InfoNCE()
