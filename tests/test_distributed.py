@@ -51,6 +51,7 @@ def _rank(rank, folder):
         dist.all_reduce(p.grad)
         p.grad /= WORLD
     torch.save({"loss": loss, "acc": acc, "grads": [p.grad for p in net.parameters()]}, f"{folder}/rank{rank}.pt")
+    dist.barrier()  # neither rank tears gloo down while the other still talks to it (that aborts the other)
     dist.destroy_process_group()
 
 
