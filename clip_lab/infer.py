@@ -191,9 +191,8 @@ def is_split(ckpt: Checkpoint, name: str) -> bool:
 
 def open_split(ckpt: Checkpoint, name: str) -> CaptionedSplit:
     """The split `name` of the checkpoint's dataset; one clear line when it is not there."""
-    dataset, root = ckpt.data["dataset"], ckpt.data["data_root"]
-    datasets.check_dataset_files(dataset, root, [name])  # names the missing files, or the dataset's split names
-    return datasets.load_split(dataset, root, name)
+    # load_split checks first: it names the missing files, or the dataset's split names
+    return datasets.load_split(ckpt.data["dataset"], ckpt.data["data_root"], name)
 
 
 def image_gallery(ckpt: Checkpoint, split: CaptionedSplit) -> tuple[Tensor, np.ndarray, Path]:

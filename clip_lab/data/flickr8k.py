@@ -89,8 +89,8 @@ def load_flickr8k_split(token_file: str | Path, split_lists: Mapping[str, str | 
     Image id = order of first appearance in the token file, the same whichever split is read; listed images absent
     from it follow, in train, dev, test list order, and stay in their split without captions (gallery distractors,
     counted in images_without_captions). Caption id = 0-based line number in the token file. Token-file images in
-    no list are dropped (images_in_no_split: the official file has 92 such images, among them
-    `2258277193_586949ec62.jpg.1`, which is not an image). The files' defects are counted whichever split is read,
+    no list are dropped (images_in_no_split: in the official file about 92 by a public repackaging's count, not
+    checked here, among them `2258277193_586949ec62.jpg.1`, which is not an image). The files' defects are counted whichever split is read,
     empty captions and images without captions only among the split's own. `name` defaults to `flickr8k_<split>`.
     """
     if split not in FLICKR8K_SPLITS:
