@@ -65,6 +65,7 @@ class ClipLabCLI(LightningCLI):
         parser.add_argument("--results_dir", type=str, default="results", help="folder holding one folder per run")
         parser.link_arguments("data.embed_dim", "model.embed_dim", apply_on="instantiate")
         parser.link_arguments("data.image_size", "model.image_size")
+        parser.link_arguments("model.text_encoder", "data.text_encoder")  # tokens instead of cached embeddings
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
