@@ -19,6 +19,7 @@ from clip_lab.files import save_json, save_torch
 from clip_lab.loss import InfoNCE
 from clip_lab.metrics import embedding_retrieval_metrics
 from clip_lab.model import ImageEncoder, build_head
+from clip_lab.text_towers import LSTMTextTower, build_text_tower
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,9 @@ FIRST_CAPTION_PROTOCOL = (
 
 
 FINITE_CHECK_EVERY = 50  # steps between looks at the NaN/inf flag (each look is one host sync)
-ARCHITECTURE = ("backbone", "embed_dim", "head", "head_hidden", "head_norm")  # what a checkpoint's weights are shaped by
+# what a checkpoint's weights are shaped by
+ARCHITECTURE = ("backbone", "embed_dim", "head", "head_hidden", "head_norm", "text_encoder", "vocab_size", "text_width",
+                "text_layers")
 
 
 def check_compatible(stored: dict[str, Any], current: dict[str, Any]) -> None:
@@ -43,7 +46,8 @@ def check_compatible(stored: dict[str, Any], current: dict[str, Any]) -> None:
 
 
 class ClipLab(L.LightningModule):
-    """Image encoder + projection head trained with symmetric InfoNCE against a frozen text tower's cached embeddings.
+    """Image encoder + projection head trained with symmetric InfoNCE against text embeddings: by default a frozen
+    CLIP text tower's, cached once per caption; or those of a text encoder trained alongside (`text_encoder`).
 
     Args:
         backbone: torchvision model name of the image encoder.
@@ -62,6 +66,19 @@ class ClipLab(L.LightningModule):
         max_logit_scale: the logit scale (1 / temperature) is clamped at this value, as in CLIP.
         image_size: side of the input images (linked from the data by the CLI); only a Vision Transformer's shape
             depends on it.
+        text_encoder: null (default): the data's frozen CLIP text tower, whose caption embeddings are cached once;
+            "lstm": a word-level bidirectional LSTM trained from scratch, its vocabulary the training captions'
+            `vocab_size - 2` most frequent words; otherwise a Hugging Face encoder id or directory fine-tuned end to
+            end (e.g. distilbert-base-uncased). A trained text encoder sees token rows in the training step and
+            re-embeds the evaluation captions at every evaluation.
+        text_lr: peak learning rate of the trained text encoder's body (its projection trains at `lr`): ~2e-5
+            fine-tunes a pretrained transformer; an LSTM from scratch wants ~1e-3.
+        text_max_length: tokens (LSTM: words) per caption for a trained text encoder; longer captions are cut.
+        vocab_size: rows of the LSTM's word embedding (two reserved: padding, unknown).
+        text_width: the LSTM's word-embedding and state width (both directions together).
+        text_layers: stacked LSTM layers per direction.
+        text_pretrained: load the transformer's pretrained weights (false: its architecture alone, e.g. when a
+            checkpoint's weights replace them).
         compile: `torch.compile` the training forward pass (GPU: ~1.4x the images/s of ResNet50 after a minute or
             two of compilation at the start of fit; evaluation stays eager).
     """
@@ -83,11 +100,20 @@ class ClipLab(L.LightningModule):
         max_logit_scale: float = 100.0,
         compile: bool = False,
         image_size: int = 224,
+        text_encoder: str | None = None,
+        text_lr: float = 2e-5,
+        text_max_length: int = 32,
+        vocab_size: int = 10000,
+        text_width: int = 512,
+        text_layers: int = 1,
+        text_pretrained: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.image_encoder = ImageEncoder(backbone, weights, freeze_stages, image_size)
         self.head = build_head(head, self.image_encoder.out_dim, embed_dim, head_hidden, head_norm)
+        self.text_tower = None if text_encoder is None else build_text_tower(
+            text_encoder, embed_dim, text_max_length, vocab_size, text_width, text_layers, text_pretrained)
         self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / temperature)))
         self.loss = InfoNCE()
         self._compiled_forward: Any = None
@@ -100,6 +126,23 @@ class ClipLab(L.LightningModule):
     def forward(self, images: Tensor) -> Tensor:
         """uint8 images -> L2-normalized embeddings in the text embedding space."""
         return F.normalize(self.head(self.image_encoder(images)).float(), dim=-1)
+
+    def embed_text(self, rows: Tensor) -> Tensor:
+        """The text side of a batch: cached caption embeddings as they come, or token rows through the trained text
+        encoder (a row of zeros, an image without captions, stays zeros)."""
+        if self.text_tower is None:
+            return rows
+        return self.text_tower(rows) * (rows > 0).any(dim=1, keepdim=True)
+
+    def setup(self, stage: str) -> None:
+        """A trained text encoder reads token rows: fit an LSTM's vocabulary to the training captions (a checkpoint
+        being resumed or tested brings its own, restored after this) and have the data tokenize with it."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if self.text_tower is None or datamodule is None:
+            return
+        if isinstance(self.text_tower, LSTMTextTower) and not self.text_tower.vocabulary and stage == "fit":
+            self.text_tower.fit_vocabulary(datamodule.split(datamodule.hparams.train_split).captions)
+        datamodule.use_tokenizer(self.text_tower.tokenize)
 
     # -- training -----------------------------------------------------------------------------------------------------
     def to_fast_layout(self, compile: bool = False) -> None:
@@ -116,7 +159,8 @@ class ClipLab(L.LightningModule):
         """(InfoNCE loss, in-batch accuracy) of a batch: the whole training computation before backward."""
         forward = self._compiled_forward or self.forward
         # over several processes: the loss of the global batch (every rank's pairs are every rank's negatives)
-        return self.loss(gather_with_grad(forward(images)), gather_with_grad(text), self.logit_scale.exp())
+        return self.loss(gather_with_grad(forward(images)), gather_with_grad(self.embed_text(text)),
+                         self.logit_scale.exp())
 
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
         images, text, _ = batch
@@ -152,6 +196,8 @@ class ClipLab(L.LightningModule):
         # the augmentation's random state, so a resumed run draws the same crops as an uninterrupted one
         checkpoint["clip_lab_rng"] = {"cpu": torch.get_rng_state(),
                                       "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        if isinstance(self.text_tower, LSTMTextTower):  # the vocabulary is no tensor, but the weights mean nothing without it
+            checkpoint["clip_lab_vocabulary"] = self.text_tower.vocabulary
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_compatible(checkpoint.get("hyper_parameters", {}), self.hparams)
@@ -164,6 +210,11 @@ class ClipLab(L.LightningModule):
             raise ClipLabError(f"the checkpoint holds another model than this configuration builds ({len(differ)} "
                                f"tensors differ, e.g. {k}: {shapes}); load it with the run's own config or matching "
                                "model options")
+        if isinstance(self.text_tower, LSTMTextTower):
+            if not checkpoint.get("clip_lab_vocabulary"):
+                raise ClipLabError("the checkpoint has LSTM text-encoder weights but no vocabulary (clip_lab_vocabulary); "
+                                   "it was not written by clip_lab's fit: retrain, or load one that was")
+            self.text_tower.set_vocabulary(checkpoint["clip_lab_vocabulary"])
         rng = checkpoint.get("clip_lab_rng")
         trainer = self._trainer  # None when loaded outside a Trainer (load_from_checkpoint)
         if rng and trainer is not None and trainer.state.fn == "fit":  # resuming: continue the same stream
@@ -185,29 +236,27 @@ class ClipLab(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def build_optimizer(self) -> torch.optim.AdamW:
-        """AdamW over four groups (backbone / head+temperature, with / without weight decay); fused on CUDA."""
+        """AdamW; the image backbone at `backbone_lr`, a trained text encoder's body at `text_lr`, the rest (heads,
+        temperature) at `lr`; each with and without weight decay (none on biases, norms, the temperature, or
+        embedding tables); fused on CUDA."""
         hp = self.hparams
-        decay, no_decay, backbone_decay, backbone_no_decay = [], [], [], []
+        groups: dict[tuple[str, bool], list[Tensor]] = {}
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
-            is_backbone = name.startswith("image_encoder.")
-            if p.ndim >= 2:
-                (backbone_decay if is_backbone else decay).append(p)
-            else:  # biases, norm scales, the temperature
-                (backbone_no_decay if is_backbone else no_decay).append(p)
-        groups = [
-            {"params": backbone_decay, "lr": hp.backbone_lr, "weight_decay": hp.weight_decay},
-            {"params": backbone_no_decay, "lr": hp.backbone_lr, "weight_decay": 0.0},
-            {"params": decay, "lr": hp.lr, "weight_decay": hp.weight_decay},
-            {"params": no_decay, "lr": hp.lr, "weight_decay": 0.0},
-        ]
-        return torch.optim.AdamW([g for g in groups if g["params"]], fused=self.device.type == "cuda")
+            part = "image_encoder" if name.startswith("image_encoder.") else \
+                "text_body" if name.startswith("text_tower.body.") else "head"
+            decay = p.ndim >= 2 and "embedding" not in name  # word/position tables: decay pulls rare words to zero
+            groups.setdefault((part, decay), []).append(p)
+        lrs = {"image_encoder": hp.backbone_lr, "text_body": hp.text_lr, "head": hp.lr}
+        return torch.optim.AdamW(
+            [{"params": ps, "lr": lrs[part], "weight_decay": hp.weight_decay if decay else 0.0}
+             for (part, decay), ps in groups.items()], fused=self.device.type == "cuda")
 
     # -- evaluation ---------------------------------------------------------------------------------------------------
     def _eval_step(self, batch: tuple[Tensor, Tensor, Tensor]) -> None:
         images, text, index = batch
-        self._eval.append((index, self(images), text))
+        self._eval.append((index, self(images), self.embed_text(text)))
 
     def _eval_end(self, stage: str) -> dict[str, float] | None:
         index, image_emb, first_caption = gather_rows(*(torch.cat(t) for t in zip(*self._eval)))  # all ranks' images
@@ -221,14 +270,17 @@ class ClipLab(L.LightningModule):
             raise RuntimeError(f"{stage}: embedded {len(index)} images, expected the {len(expected)} of the split "
                                "(limit_val_batches / limit_test_batches < 1 cannot give retrieval metrics)")
         image_emb, first_caption = image_emb[order], first_caption[order]
-        metrics = datamodule.retrieval_metrics(stage, image_emb)
+        # a trained text encoder re-embeds the evaluated captions (token rows) as it is now; else the cached ones
+        embed = None if self.text_tower is None else lambda rows: self.text_tower.encode_tokens(rows.to(self.device))
+        targets = datamodule.retrieval_targets(stage, embed)
+        metrics = datamodule.retrieval_metrics(stage, image_emb, targets)
         metrics["loss"] = self._eval_loss(image_emb, first_caption, datamodule.hparams.batch_size)
         self.log_dict({f"{stage}/{k}": float(v) for k, v in metrics.items()})
         if stage == "test":
             self._first_caption = self._first_caption_metrics(image_emb, first_caption)
             self.log_dict({f"test/first_caption/{k}": float(v) for k, v in self._first_caption.items()})
             split = datamodule.split(datamodule.eval_split(stage))
-            caption_emb, caption_image = datamodule.retrieval_targets(stage)
+            caption_emb, caption_image = targets
             self._examples = test_examples(image_emb, caption_emb.to(self.device), caption_image.to(self.device), split,
                                            datamodule.eval_images(stage), datamodule.eval_captions(stage))
         return metrics

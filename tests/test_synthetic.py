@@ -39,7 +39,8 @@ def test_text_tower_is_bit_identical_to_the_format_1_demo_model(tmp_path):
 
 
 def test_folder_loads_as_a_full_clip(clip_model, demo_root):
-    assert (demo_root / "clip_tiny").is_dir() and json.loads((demo_root / "DONE.json").read_text())["format"] == 2
+    assert (demo_root / "clip_tiny").is_dir() and json.loads((demo_root / "DONE.json").read_text())["format"] == 3
+    assert (demo_root / "bert_tiny" / "config.json").is_file()
     vision = CLIPVisionModelWithProjection.from_pretrained(clip_model).config
     text = CLIPTextModelWithProjection.from_pretrained(clip_model).config
     assert AutoConfig.from_pretrained(clip_model).projection_dim == vision.projection_dim == text.projection_dim == 128

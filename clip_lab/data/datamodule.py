@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 from pathlib import Path
+from typing import Callable, Sequence
 
 import lightning as L
 import numpy as np
@@ -25,6 +26,10 @@ from clip_lab.text import DEFAULT_TEXT_MODEL, TextEncoder, text_embed_dim
 
 log = logging.getLogger(__name__)
 
+TRAINED_TEXT_DIM = 512  # the shared embedding width when the text encoder is trained too (CLIP ViT-B/32's)
+Tokenizer = Callable[[Sequence[str]], Tensor]
+Embed = Callable[[Tensor], Tensor]
+
 
 class RetrievalData(L.LightningDataModule):
     """Captioned images: `train_split` for training, `val_split` (or a fixed subset of it) for validation, and
@@ -35,7 +40,8 @@ class RetrievalData(L.LightningDataModule):
             COCO 2014: `<split>/` image folders, `annotations/captions_<split>.json`), "coco_karpathy"
             (`dataset_coco.json`), "flickr8k" (the official text files), "flickr8k_karpathy", "flickr30k".
         data_root: the folder holding the dataset's files.
-        text_model: Hugging Face id or local directory of the frozen CLIP text tower that embeds the captions.
+        text_model: Hugging Face id or local directory of the frozen CLIP text tower that embeds the captions
+            (unused when the text encoder is trained: `text_encoder`).
         max_length: token limit of the text encoder (CLIP's context is 77).
         cache_dir: where the caption caches are written.
         image_size: side of the square crop the image encoder sees.
@@ -63,6 +69,9 @@ class RetrievalData(L.LightningDataModule):
         test_split: the split `test` evaluates.
         protocol: how `test` evaluates it (`clip_lab.protocols`): "auto" (the standard one of the dataset's test
             split: coco5k, flickr1k or val2014; else "full"), or a name, e.g. "coco1k" (mean over 5 folds).
+        text_encoder: set from `model.text_encoder` by the CLI: null, the captions are embedded once by the frozen
+            `text_model` and batches carry the embeddings; otherwise the model trains its own text encoder, batches
+            carry token rows (its tokenizer, `use_tokenizer`) and no CLIP model is needed.
     """
 
     def __init__(
@@ -89,6 +98,7 @@ class RetrievalData(L.LightningDataModule):
         val_split: str | None = None,
         test_split: str = "val2014",
         protocol: str = "auto",
+        text_encoder: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -98,9 +108,12 @@ class RetrievalData(L.LightningDataModule):
             raise ClipLabError("augmentation out of range: need 0 < crop_scale <= 1, 0 <= flip <= 1, 0 <= jitter < 1")
         self.protocol: Protocol = resolve_protocol(protocol, dataset, test_split)
         check_dataset_files(dataset, data_root, self.split_names())  # fail before any work
-        self.embed_dim = text_embed_dim(text_model)  # also fails fast when the text model cannot be found
+        # the text side's width (linked to model.embed_dim); reading CLIP's config fails fast when it cannot be found
+        self.embed_dim = text_embed_dim(text_model) if text_encoder is None else TRAINED_TEXT_DIM
         self.splits: dict[str, CaptionedSplit] = {}
         self.embeddings: dict[str, Tensor] = {}
+        self.tokenizer: Tokenizer | None = None
+        self.tokens: dict[str, Tensor] = {}
         self._usable: dict[str, np.ndarray] = {}
 
     # -- caches -----------------------------------------------------------------------------------------------------
@@ -137,7 +150,8 @@ class RetrievalData(L.LightningDataModule):
             split = self.split(name)
             image_cache.ensure_image_cache(hp.cache_dir, split, hp.cache_image_size, device, hp.num_workers,
                                            hp.max_bad_images)
-            ensure_caption_cache(split, hp.cache_dir, hp.text_model, hp.max_length, encoder, hp.text_batch_size)
+            if hp.text_encoder is None:  # a trained text encoder tokenizes at setup instead: nothing to cache
+                ensure_caption_cache(split, hp.cache_dir, hp.text_model, hp.max_length, encoder, hp.text_batch_size)
 
     def caption_embeddings(self, name: str) -> Tensor:
         """The split's cached caption embeddings, float16 `[n_captions, dim]` (memory-mapped), in caption order."""
@@ -145,6 +159,26 @@ class RetrievalData(L.LightningDataModule):
             path, meta = self._cache(name)
             self.embeddings[name] = caption_embeddings(path, meta, self.split(name))
         return self.embeddings[name]
+
+    def use_tokenizer(self, tokenizer: Tokenizer) -> None:
+        """Batches carry the captions as token rows of `tokenizer` (the model's trained text encoder's), not cached
+        embeddings; each split is tokenized once, when first needed."""
+        if self.hparams.text_encoder is None:
+            raise RuntimeError("use_tokenizer: data.text_encoder is null (frozen cached text embeddings)")
+        self.tokenizer = tokenizer
+        self.tokens.clear()
+
+    def caption_rows(self, name: str) -> Tensor:
+        """What batches carry per caption of split `name`, in caption order: the cached frozen-CLIP embeddings
+        (float16 `[n, dim]`), or, for a trained text encoder, its token rows (int32 `[n, max_length]`)."""
+        if self.hparams.text_encoder is None:
+            return self.caption_embeddings(name)
+        if self.tokenizer is None:
+            raise RuntimeError("data.text_encoder is set but no tokenizer was given: the model's setup calls "
+                               "use_tokenizer")
+        if name not in self.tokens:
+            self.tokens[name] = self.tokenizer(self.split(name).captions)
+        return self.tokens[name]
 
     # -- evaluation targets -------------------------------------------------------------------------------------------
     def usable_images(self, name: str) -> np.ndarray:
@@ -175,20 +209,26 @@ class RetrievalData(L.LightningDataModule):
             keep &= np.arange(len(split.caption_image)) - split.caption_start[split.caption_image] < cap
         return np.flatnonzero(keep)
 
-    def retrieval_targets(self, stage: str) -> tuple[Tensor, Tensor]:
-        """(caption embeddings, caption -> position in `eval_images(stage)`) for `eval_captions(stage)`."""
+    def retrieval_targets(self, stage: str, embed: Embed | None = None) -> tuple[Tensor, Tensor]:
+        """(caption embeddings, caption -> position in `eval_images(stage)`) for `eval_captions(stage)`: the cached
+        embeddings, or `embed(token rows)` for a trained text encoder."""
         split = self.split(self.eval_split(stage))
         images, captions = self.eval_images(stage), self.eval_captions(stage)
         position = np.full(len(split.image_ids), -1)
         position[images] = np.arange(len(images))
-        emb = self.caption_embeddings(self.eval_split(stage))[torch.from_numpy(captions)]
-        return emb, torch.from_numpy(position[split.caption_image[captions]])
+        rows = self.caption_rows(self.eval_split(stage))[torch.from_numpy(captions)]
+        if (embed is None) != (self.hparams.text_encoder is None):
+            raise RuntimeError("retrieval_targets: token rows need `embed` (the trained text encoder); cached "
+                               "embeddings take none")
+        return rows if embed is None else embed(rows), torch.from_numpy(position[split.caption_image[captions]])
 
-    def retrieval_metrics(self, stage: str, image_emb: Tensor) -> dict[str, float]:
-        """Recall and ranks of `image_emb` (the images of `eval_images(stage)`, in that order) against their captions,
-        under the test protocol for test (its folds) and over the one validation gallery for validation; with the
-        gallery's `n_images` and `n_captions`."""
-        caption_emb, caption_image = self.retrieval_targets(stage)
+    def retrieval_metrics(self, stage: str, image_emb: Tensor,
+                          targets: tuple[Tensor, Tensor] | None = None) -> dict[str, float]:
+        """Recall and ranks of `image_emb` (the images of `eval_images(stage)`, in that order) against their captions
+        (`targets`: `retrieval_targets(stage, ...)`, computed here for cached embeddings when not given), under the
+        test protocol for test (its folds) and over the one validation gallery for validation; with the gallery's
+        `n_images` and `n_captions`."""
+        caption_emb, caption_image = targets if targets is not None else self.retrieval_targets(stage)
         folds = self.protocol.folds if stage == "test" else 1  # validation ranks checkpoints: one gallery
         metrics = folded_retrieval_metrics(image_emb, caption_emb.to(image_emb.device),
                                            caption_image.to(image_emb.device), folds)
@@ -201,7 +241,7 @@ class RetrievalData(L.LightningDataModule):
             raise RuntimeError(f"the image cache of {name} is missing or stale: prepare_data should have built it")
         path, _ = image_cache.image_cache_paths(hp.cache_dir, self.split(name).name, hp.cache_image_size)
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-        return CachedBatchLoader(path, self.caption_embeddings(name), sampler, device, threads=hp.num_workers)
+        return CachedBatchLoader(path, self.caption_rows(name), sampler, device, threads=hp.num_workers)
 
     def train_dataloader(self) -> CachedBatchLoader:
         hp = self.hparams

@@ -21,9 +21,10 @@ Batch = tuple[Tensor, Tensor, Tensor]
 
 
 class CachedBatchLoader:
-    """Iterates `(images uint8 [B, S, S, 3], text float16 [B, D], image index [B])` for each batch of pairs.
+    """Iterates `(images uint8 [B, S, S, 3], text [B, D], image index [B])` for each batch of pairs.
 
-    `batch_sampler` yields lists of `(image_index, caption_index)`; a caption index of -1 gives a zero embedding.
+    `embeddings` holds one row per caption: float16 cached text embeddings, or int32 token rows for a trained text
+    encoder. `batch_sampler` yields lists of `(image_index, caption_index)`; a caption index of -1 gives a zero row.
     Rows are gathered in file order (pairs stay pairs). On CUDA the tensors arrive on `device`, copied on a side
     stream and ready to use; on the CPU they are plain tensors. Lightning calls `batch_sampler.set_epoch`.
     """

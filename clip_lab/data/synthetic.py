@@ -3,6 +3,7 @@
 Images hold one or two coloured shapes; each image gets five captions naming colour, shape, size and position, so
 retrieval is learnable. The model is a `CLIPModel` (text and image towers) saved with `save_pretrained` next to a
 word-level tokenizer and an image processor: the demo loads it through the same `from_pretrained` paths as OpenAI's.
+A tiny random DistilBERT beside it stands in for `distilbert-base-uncased` as a trained text encoder.
 """
 
 from __future__ import annotations
@@ -202,6 +203,21 @@ def make_clip_model(
     CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size=square).save_pretrained(path)
 
 
+def make_bert_model(path: Path, seed: int = 0, width: int = 64, layers: int = 2) -> None:
+    """Save a randomly initialized small DistilBERT (`DistilBertModel`) and its WordPiece tokenizer to `path`: the
+    stand-in for `distilbert-base-uncased` when a trained transformer text encoder runs on the demo data."""
+    import torch
+    from transformers import DistilBertConfig, DistilBertModel, DistilBertTokenizer
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + vocabulary()[len(SPECIAL):]
+    tokenizer = DistilBertTokenizer(vocab={w: i for i, w in enumerate(words)}, model_max_length=64)
+    config = DistilBertConfig(vocab_size=len(words), dim=width, n_layers=layers, n_heads=4, hidden_dim=2 * width,
+                              max_position_embeddings=64, pad_token_id=0)
+    torch.manual_seed(seed)
+    DistilBertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
 def make_demo_dataset(
     root: str | Path,
     n_train: int = 2000,
@@ -221,7 +237,7 @@ def make_demo_dataset(
     root = Path(root)
     done = root / "DONE.json"
     spec = {"n_train": n_train, "n_val": n_val, "seed": seed, "sides": list(sides),
-            "sizes": [list(s) for s in sizes] if sizes else None, "projection_dim": projection_dim, "format": 2}
+            "sizes": [list(s) for s in sizes] if sizes else None, "projection_dim": projection_dim, "format": 3}
     if done.is_file() and json.loads(done.read_text()) == spec:
         return root
     tmp = root.with_name(root.name + ".tmp")
@@ -230,6 +246,7 @@ def make_demo_dataset(
     make_split(tmp, "train2014", n_train, seed, first_image_id=1, first_ann_id=1, **shape)
     make_split(tmp, "val2014", n_val, seed + 1, first_image_id=1_000_001, first_ann_id=10_000_001, **shape)
     make_clip_model(tmp / "clip_tiny", seed=seed, projection_dim=projection_dim)
+    make_bert_model(tmp / "bert_tiny", seed=seed)
     (tmp / "DONE.json").write_text(json.dumps(spec))
     shutil.rmtree(root, ignore_errors=True)
     tmp.rename(root)
