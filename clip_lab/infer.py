@@ -25,6 +25,7 @@ from clip_lab.errors import ClipLabError
 from clip_lab.files import atomic_path, load_cache, save_torch, sha256_file
 from clip_lab.module import ClipLab
 from clip_lab.text import TextEncoder
+from clip_lab.text_towers import TextTower
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,9 @@ def load_checkpoint(args: argparse.Namespace) -> Checkpoint:
         raise ClipLabError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
     try:
         stored = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("datamodule_hyper_parameters")
-        # weights=None: the trained weights come from the checkpoint; never download ImageNet ones for nothing
-        model = ClipLab.load_from_checkpoint(path, map_location=device, weights=None)
+        # weights=None, text_pretrained=False: the trained weights come from the checkpoint; never download
+        # ImageNet or Hugging Face ones for nothing
+        model = ClipLab.load_from_checkpoint(path, map_location=device, weights=None, text_pretrained=False)
     except ClipLabError:
         raise
     except Exception as e:  # truncated file, foreign pickle, another model's state dict: all the same to the user
@@ -114,8 +116,11 @@ def reason(e: BaseException | None) -> str:
     return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
-def text_encoder(ckpt: Checkpoint) -> TextEncoder:
-    """The frozen text tower that built the checkpoint's training targets, on the checkpoint's device."""
+def text_encoder(ckpt: Checkpoint) -> TextEncoder | TextTower:
+    """The text encoder that built the checkpoint's training targets, on the checkpoint's device: the one trained
+    with it (in the checkpoint), or the frozen CLIP tower its data named."""
+    if ckpt.model.text_tower is not None:
+        return ckpt.model.text_tower
     encoder = TextEncoder(ckpt.data["text_model"], ckpt.data["max_length"]).to(ckpt.device)
     if encoder.dim != ckpt.model.hparams.embed_dim:
         raise ClipLabError(f"text model {ckpt.data['text_model']} embeds into {encoder.dim} dimensions, the "

@@ -32,6 +32,7 @@ from clip_lab.infer import (
     text_encoder,
 )
 from clip_lab.text import TextEncoder
+from clip_lab.text_towers import TextTower
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "configs" / "prompts.yaml"
 LABEL_KEY = "demo_shapes"  # image entries of the demo's captions json list the shapes drawn: the ground truth
@@ -62,7 +63,7 @@ def check_classes(classes: Sequence[str] | None) -> list[str]:
     return names
 
 
-def class_embeddings(encoder: TextEncoder, classes: Sequence[str], templates: Sequence[str]) -> Tensor:
+def class_embeddings(encoder: TextEncoder | TextTower, classes: Sequence[str], templates: Sequence[str]) -> Tensor:
     """`[n_classes, dim]`: each class the normalized mean of its prompts' normalized embeddings (CLIP's ensembling)."""
     prompts = [t.replace("{}", c) for c in classes for t in templates]
     emb = encoder.encode(prompts).float().cpu().view(len(classes), len(templates), -1)
