@@ -18,6 +18,7 @@ from clip_lab.data.datamodule import RetrievalData
 from clip_lab.errors import ClipLabError
 from clip_lab.module import ARCHITECTURE, ClipLab, check_compatible
 from clip_lab.runstats import RunStats
+from clip_lab.tracking import Tracking, check_options, hyperparameters
 
 
 class SaveFitConfig(SaveConfigCallback):
@@ -63,6 +64,7 @@ class ClipLabCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--run", type=str, default="baseline", help="run name: outputs go to <results_dir>/<run>/")
         parser.add_argument("--results_dir", type=str, default="results", help="folder holding one folder per run")
+        parser.add_class_arguments(Tracking, "tracking")  # TensorBoard / MLflow beside the CSV log
         parser.link_arguments("data.embed_dim", "model.embed_dim", apply_on="instantiate")
         parser.link_arguments("data.image_size", "model.image_size")
         parser.link_arguments("model.text_encoder", "data.text_encoder")  # tokens instead of cached embeddings
@@ -94,6 +96,7 @@ class ClipLabCLI(LightningCLI):
         super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
+        check_options(self.config[self.subcommand].get("tracking"))
         ckpt = self.config[self.subcommand].get("ckpt_path")
         if ckpt and not Path(ckpt).is_file():
             raise ClipLabError(f"checkpoint {ckpt} does not exist; runs keep theirs in results/<run>/checkpoints/ "
@@ -113,16 +116,25 @@ class ClipLabCLI(LightningCLI):
         run_dir = self._run_dir()
         kwargs.setdefault("default_root_dir", str(run_dir))
         if config.trainer.get("logger") in (None, True):
-            # fit logs a CSV per epoch into the run folder; test writes test_metrics.json there and logs nothing else
+            # fit logs a CSV per epoch into the run folder, then to the trackers asked for (the CSV logger first: the
+            # first logger names trainer.log_dir and the checkpoints' folder); test writes test_metrics.json there
             resume = config.get("ckpt_path") if self.subcommand == "fit" else None
             logger = RunCSVLogger(config.results_dir, config.run, resume) if self.subcommand == "fit" else False
+            if logger and config.tracking.enabled:
+                hparams = hyperparameters(config.run, config.seed_everything, config.trainer.max_epochs,
+                                          self.model.hparams, self.datamodule.hparams)
+                logger = [logger, *config.tracking.fit_loggers(run_dir, hparams, config.checkpoint.monitor, resume)]
             kwargs.setdefault("logger", logger)
+        elif config.tracking.enabled and self.subcommand == "fit":
+            raise ClipLabError("tracking.* adds loggers beside the run's own CSV log: leave trainer.logger unset")
         if config.trainer.get("precision") is None:  # bf16 where it is fast: on a GPU, not on a CPU
             on_gpu = config.trainer.get("accelerator") in ("auto", "gpu", "cuda") and torch.cuda.is_available()
             kwargs.setdefault("precision", "bf16-mixed" if on_gpu else "32-true")
         trainer = super().instantiate_trainer(**kwargs)
         if self.subcommand == "fit":
             trainer.callbacks.append(RunStats())  # results/<run>/run_stats.json: hardware, time, images/s
+        if self.subcommand == "test" and config.tracking.enabled:  # test/* to the run's trackers too
+            trainer.callbacks.append(config.tracking.test_callback(run_dir))
         return trainer
 
 
