@@ -7,8 +7,10 @@ Everything runs on generated data in one process, so one command on one machine 
   naive     the same JPEGs through PIL + torchvision transforms in DataLoader workers, fp32, `loss.item()` per step;
   caption cache, image cache, and a val2014-scale retrieval evaluation;
   features  the frozen CLIP image tower (ViT-B/32 shape, random weights) over the image cache: the feature cache;
-  heads     head-only training (linear and MLP heads) on cached features at COCO Karpathy train size.
-`--small` shrinks every size so the CPU tests can run it.
+  heads     head-only training (linear and MLP heads) on cached features at COCO Karpathy train size;
+  index     (only with `--only index`: it needs faiss) the search index: HNSW recall against exact search, latency
+            and throughput on the demo run's galleries and on 100,000 synthetic 512-d vectors (index_bench.py).
+`--small` shrinks every size so the CPU tests can run it. Data is generated only for the parts that read it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 
+from clip_lab.errors import ClipLabError
 from clip_lab.files import atomic_path, save_json
 
 log = logging.getLogger(__name__)
@@ -413,18 +416,27 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-compile", dest="compile", action="store_false", help="eager training step")
     p.add_argument("--only", nargs="*", default=None,
                    help="run only these parts: caption_cache image_cache ceiling loader fit naive retrieval features "
-                   "heads")
-    for name in ("n_train", "n_val", "captions", "epochs", "steps", "naive_steps", "batch_size", "head_epochs"):
+                   "heads index (index is never run by default)")
+    for name in ("n_train", "n_val", "captions", "epochs", "steps", "naive_steps", "batch_size", "head_epochs",
+                 "index_n", "index_queries"):
         p.add_argument(f"--{name}", type=int, default=None, help="override the preset")
+    index = p.add_argument_group("index part")
+    index.add_argument("--index_ckpt", default="results/demo/checkpoints/best.ckpt",
+                       help="checkpoint whose test-split galleries are benchmarked (skipped with a note when missing)")
+    index.add_argument("--ef_search", type=int, nargs="+", default=[16, 32, 64, 128, 256], help="HNSW efSearch values")
+    index.add_argument("--hnsw_m", type=int, default=32, help="HNSW graph degree (FAISS's M)")
+    index.add_argument("--ef_construction", type=int, default=200, help="HNSW efConstruction")
     args = p.parse_args(argv)
     # full size: 20,000 train JPEGs of COCO's sizes, a val split as large as val2014 (the --small data uses `sides`)
     sizes = dict(n_train=20000, n_val=40504, sides=(480, 640), batch_size=256, image_size=224, cache_image_size=256,
                  backbone="resnet50", epochs=4, warmup_steps=15, steps=60, naive_warmup=5, naive_steps=30,
-                 captions=300000, retrieval_images=40504, retrieval_captions=202654, head_epochs=5)
+                 captions=300000, retrieval_images=40504, retrieval_captions=202654, head_epochs=5,
+                 index_n=100000, index_dim=512, index_queries=1000)
     if args.small:
         sizes.update(n_train=256, n_val=128, sides=(96, 160), batch_size=32, image_size=64, cache_image_size=72,
                      backbone="resnet18", epochs=2, warmup_steps=1, steps=3, naive_warmup=1, naive_steps=2,
-                     captions=3000, retrieval_images=500, retrieval_captions=2500, head_epochs=2)
+                     captions=3000, retrieval_images=500, retrieval_captions=2500, head_epochs=2,
+                     index_n=3000, index_dim=64, index_queries=100)
         args.compile = False
         args.workers = min(args.workers, 2)
     for k, v in sizes.items():
@@ -440,10 +452,21 @@ def environment(device: torch.device) -> dict[str, Any]:
 
     env = {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
            "lightning": lightning.__version__, "transformers": transformers.__version__,
-           "cpu_cores": os.cpu_count(), "device": str(device)}
+           "cpu_cores": os.cpu_count(), "cpu": cpu_name(), "device": str(device)}
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else what `platform` knows: CPU timings mean little without it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def table(results: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -495,11 +518,18 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 def markdown(results: dict[str, Any]) -> str:
     env = results["environment"]
+    cpu = f" ({env['cpu']})" if env.get("cpu") else ""
     lines = [f"# clip_lab bench — {env.get('gpu', env['device'])}, {results['date']}", "",
              f"Command: `{results['command']}`", "",
              f"Stack: torch {env['torch']}, torchvision {env['torchvision']}, lightning {env['lightning']}, "
-             f"{env['cpu_cores']} CPU cores", "", "| measure | value | note |", "| --- | --- | --- |"]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in table(results)]
+             f"{env['cpu_cores']} CPU cores{cpu}"]
+    if rows := table(results):
+        lines += ["", "| measure | value | note |", "| --- | --- | --- |"]
+        lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    if "index" in results:
+        from clip_lab import index_bench
+
+        lines += ["", index_bench.markdown(results["index"]).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
@@ -515,6 +545,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     root = Path(args.root)
     parts = set(args.only or ["caption_cache", "image_cache", "ceiling", "loader", "fit", "naive", "retrieval",
                               "features", "heads"])
+    if unknown := parts - {"caption_cache", "image_cache", "ceiling", "loader", "fit", "naive", "retrieval",
+                           "features", "heads", "index"}:
+        raise ClipLabError(f"--only: unknown part(s) {', '.join(sorted(unknown))}; see --help for the list")
     results: dict[str, Any] = {
         "command": "python -m clip_lab bench " + " ".join(sys.argv[1:] if argv is None else argv),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -543,7 +576,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "seconds": dt, "images_per_s": args.n_train / dt,
                 "decoder": "nvJPEG" if device.type == "cuda" else f"PIL x {args.workers} processes"}
 
-    steps.append(("data", data))
+    if parts & {"image_cache", "loader", "fit", "naive", "features"}:  # the parts that read the generated JPEGs
+        steps.append(("data", data))
     if "caption_cache" in parts:
         steps.append(("caption_cache", lambda: bench_caption_cache(root, args.captions, device, args.small)))
     if "image_cache" in parts:
@@ -562,6 +596,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         steps.append(("features", lambda: bench_features(args, data_root, device)))
     if "heads" in parts:
         steps.append(("heads", lambda: bench_heads(args, device)))
+    if "index" in parts:
+        from clip_lab import index_bench
+
+        index_bench.require_faiss()  # before any other part spends its time
+        steps.append(("index", lambda: index_bench.run(args, device)))
     for name, run in steps:
         log.info("bench: %s ...", name)
         results[name] = run()
@@ -572,8 +611,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     save_json(results, out)
     with atomic_path(out.with_suffix(".md")) as tmp:
         tmp.write_text(markdown(results))
-    width = max(len(a) for a, _, _ in table(results))
     print(f"\nclip_lab bench on {results['environment'].get('gpu', device)} ({out}):")
-    for a, b, c in table(results):
-        print(f"  {a:<{width}}  {b:>18}  {c}")
+    if rows := table(results):
+        width = max(len(a) for a, _, _ in rows)
+        for a, b, c in rows:
+            print(f"  {a:<{width}}  {b:>18}  {c}")
+    if "index" in results:
+        from clip_lab import index_bench
+
+        index_bench.print_table(results["index"])
     return results

@@ -6,13 +6,13 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from clip_lab.data.caption_cache import caption_embeddings, ensure_caption_cache, expected_meta
 from clip_lab.data.split import CaptionedSplit
 from clip_lab.errors import ClipLabError
 from clip_lab.files import atomic_path, save_json
+from clip_lab.index import KINDS, IndexSpec, open_index
 from clip_lab.infer import (
     Checkpoint,
     add_checkpoint_args,
@@ -28,8 +28,6 @@ from clip_lab.infer import (
     text_encoder,
 )
 
-CHUNK = 1 << 16  # caption embeddings scored per block: the float32 copy of 202,654 at once would take 400 MB
-
 
 def caption_gallery(ckpt: Checkpoint, split: CaptionedSplit) -> tuple[Tensor, Path]:
     """(float16 `[n_captions, dim]` embeddings of every caption of `split`, their file): the caption cache fit uses,
@@ -40,18 +38,14 @@ def caption_gallery(ckpt: Checkpoint, split: CaptionedSplit) -> tuple[Tensor, Pa
     return caption_embeddings(path, expected_meta(split, hp["text_model"], hp["max_length"]), split), path
 
 
-def top_k(gallery: Tensor, query: Tensor, k: int) -> tuple[list[float], list[int]]:
-    """(scores, indices) of the `k` gallery rows most similar to `query` (cosine of unit vectors), best first."""
-    scores = torch.cat([block.float() @ query.float() for block in gallery.split(CHUNK)])
-    top = scores.topk(min(k, len(scores)))
-    return top.values.tolist(), top.indices.tolist()
-
-
-def search_images(ckpt: Checkpoint, split: CaptionedSplit, text: str, k: int, figure: Path) -> dict:
-    """The top-k images of `split` for `text`, and a grid of them (rank, score) saved to `figure`."""
+def search_images(ckpt: Checkpoint, split: CaptionedSplit, text: str, k: int, figure: Path,
+                  spec: IndexSpec = IndexSpec()) -> dict:
+    """The top-k images of `split` for `text` through the index `spec`, and a grid of them (rank, score) saved to
+    `figure`."""
     gallery, usable, cache = image_gallery(ckpt, split)
     query = text_encoder(ckpt).encode([text])[0].cpu()
-    scores, rows = top_k(gallery, query, k)
+    searcher = open_index(spec, gallery, cache, ckpt.device)
+    scores, rows = searcher.top_k(query, k)
     index = usable[rows].tolist()
     start = split.caption_start
     results = [{"rank": r + 1, "score": s, "image_id": int(split.image_ids[i]), "file_name": split.file_names[i],
@@ -62,22 +56,25 @@ def search_images(ckpt: Checkpoint, split: CaptionedSplit, text: str, k: int, fi
                     [f"#{r['rank']}  {r['score']:.3f}" for r in results],
                     suptitle=f'"{text}": top {len(index)} of {split.name}', cols=5)
     return {"query": {"text": text}, "gallery": {"kind": "images", "n": len(gallery), "cache": str(cache)},
-            "results": results}
+            "index": searcher.describe(), "results": results}
 
 
-def search_captions(ckpt: Checkpoint, split: CaptionedSplit, image: Path, k: int, figure: Path) -> dict:
-    """The top-k captions of `split` for the image file `image`, and the image beside them saved to `figure`."""
+def search_captions(ckpt: Checkpoint, split: CaptionedSplit, image: Path, k: int, figure: Path,
+                    spec: IndexSpec = IndexSpec()) -> dict:
+    """The top-k captions of `split` for the image file `image` through the index `spec`, and the image beside them
+    saved to `figure`."""
     gallery, cache = caption_gallery(ckpt, split)
     query = embed_files(ckpt, [image])[0]
-    scores, index = top_k(gallery, query, k)
+    searcher = open_index(spec, gallery, cache, ckpt.device)
+    scores, rows = searcher.top_k(query, k)
     results = [{"rank": r + 1, "score": s, "caption": split.captions[j], "caption_id": int(split.caption_ids[j]),
                 "image_id": int(split.image_ids[split.caption_image[j]]),
                 "file_name": split.file_names[split.caption_image[j]]}
-               for r, (s, j) in enumerate(zip(scores, index))]
+               for r, (s, j) in enumerate(zip(scores, rows))]
     _caption_figure(figure, model_view(read_image(image, ckpt.data["cache_image_size"]), ckpt.data["image_size"]),
                     image.name, results, split.name)
     return {"query": {"image": str(image)}, "gallery": {"kind": "captions", "n": len(gallery), "cache": str(cache)},
-            "results": results}
+            "index": searcher.describe(), "results": results}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -89,6 +86,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--split", default=None, help="gallery split (default: the checkpoint's test split, val2014)")
     parser.add_argument("--out", default=None,
                         help="JSON output (the figure goes beside it as .png); default <run>/search/<query>_<split>.json")
+    parser.add_argument("--index", choices=KINDS, default="exact",
+                        help="exact: every gallery row scored (on the GPU when there is one); hnsw: a FAISS HNSW "
+                        "graph, approximate, built once and saved beside the gallery cache")
+    parser.add_argument("--ef_search", type=int, default=IndexSpec.ef_search,
+                        help="HNSW candidates per query: higher finds more of the exact top-k, slower")
+    parser.add_argument("--hnsw_m", type=int, default=IndexSpec.m, help="HNSW graph degree (FAISS's M)")
+    parser.add_argument("--ef_construction", type=int, default=IndexSpec.ef_construction,
+                        help="HNSW candidates per insertion while building")
     args = parser.parse_args(argv)
 
     # every input is checked before the model loads, so a mistake costs nothing and reads as one line
@@ -100,6 +105,8 @@ def main(argv: list[str] | None = None) -> dict:
         require_file(args.image, "query image", "pass an existing JPEG or PNG file with --image")
     if args.k < 1:
         raise ClipLabError(f"--k must be at least 1, not {args.k}")
+    spec = IndexSpec(args.index, args.ef_search, args.hnsw_m, args.ef_construction)
+    spec.check()  # also: faiss importable when --index hnsw
     ckpt = load_checkpoint(args)
     if args.image is not None:  # unreadable query image: fail before any gallery work
         read_image(args.image, ckpt.data["cache_image_size"])
@@ -110,9 +117,9 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out) if args.out else ckpt.run_dir / "search" / f"{name}_{split.name}.json"
     figure = out.with_suffix(".png")
     if text:
-        result = search_images(ckpt, split, text, args.k, figure)
+        result = search_images(ckpt, split, text, args.k, figure, spec)
     else:
-        result = search_captions(ckpt, split, Path(args.image), args.k, figure)
+        result = search_captions(ckpt, split, Path(args.image), args.k, figure, spec)
     result |= {"checkpoint": str(ckpt.path), "split": split.name, "k": args.k, "score": "cosine similarity",
                "json": str(out), "figure": str(figure)}
     save_json(result, out)
@@ -140,9 +147,12 @@ def _caption_figure(path: Path, view: np.ndarray, name: str, results: list[dict]
 def _print(result: dict) -> None:
     query = result["query"]
     what = "images" if "text" in query else "captions"
+    index = result["index"]
+    how = (f"HNSW index M {index['m']}, efConstruction {index['ef_construction']}, efSearch {index['ef_search']}"
+           if index["kind"] == "hnsw" else f"exact index on {index['device']}")
     print(f"top {len(result['results'])} {what} of {result['split']} for "
-          + (f'"{query["text"]}"' if "text" in query else query["image"]) + f" ({result['score']})")
+          + (f'"{query["text"]}"' if "text" in query else query["image"]) + f" ({result['score']}, {how})")
     for r in result["results"]:
         tail = f"{r['file_name']}  ({r['caption']})" if what == "images" else r["caption"]
         print(f"{r['rank']:>4}  {r['score']:.4f}  image {r['image_id']:<10} {tail}")
-    print(f"wrote {result['json']} and {result['figure']}")
+    print(f"wrote {result['json']} and {result['figure']}" + (f" (index {index['file']})" if index.get("file") else ""))
