@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
-from clip_lab.data.caption_cache import caption_embeddings, ensure_caption_cache, expected_meta
+from clip_lab.data.caption_cache import (CACHE_VERSION, build_caption_cache, caption_embeddings, ensure_caption_cache,
+                                         expected_meta, load_caption_cache)
 from clip_lab.data.split import CaptionedSplit
 from clip_lab.errors import ClipLabError
-from clip_lab.files import atomic_path, save_json
+from clip_lab.files import atomic_path, save_json, sha256_file
 from clip_lab.index import KINDS, IndexSpec, open_index
 from clip_lab.infer import (
     Checkpoint,
@@ -30,12 +31,20 @@ from clip_lab.infer import (
 
 
 def caption_gallery(ckpt: Checkpoint, split: CaptionedSplit) -> tuple[Tensor, Path]:
-    """(float16 `[n_captions, dim]` embeddings of every caption of `split`, their file): the caption cache fit uses,
-    built with the checkpoint's text model when missing or stale; it does not depend on the image tower."""
+    """(float16 `[n_captions, dim]` embeddings of every caption of `split`, their file), built when missing or stale:
+    the caption cache fit uses (the frozen text model's; it does not depend on the checkpoint), or for a checkpoint
+    with its own trained text encoder, that encoder's embeddings, named and checked by the checkpoint's hash."""
     hp = ckpt.data
-    path = ensure_caption_cache(split, hp["cache_dir"], hp["text_model"], hp["max_length"], lambda: text_encoder(ckpt),
-                                hp["text_batch_size"])
-    return caption_embeddings(path, expected_meta(split, hp["text_model"], hp["max_length"]), split), path
+    if ckpt.model.text_tower is None:
+        path = ensure_caption_cache(split, hp["cache_dir"], hp["text_model"], hp["max_length"],
+                                    lambda: text_encoder(ckpt), hp["text_batch_size"])
+        return caption_embeddings(path, expected_meta(split, hp["text_model"], hp["max_length"]), split), path
+    path = Path(hp["cache_dir"]) / f"captions_{split.name}_ckpt{ckpt.sha256[:16]}.pt"
+    meta = {"version": CACHE_VERSION, "split": split.name, "annotation_sha256": sha256_file(split.annotation_file),
+            "checkpoint_sha256": ckpt.sha256, "n_captions": len(split.captions)}
+    if load_caption_cache(path, meta, split) is None:
+        build_caption_cache(split, text_encoder(ckpt), path, meta, hp["text_batch_size"])
+    return caption_embeddings(path, meta, split), path
 
 
 def search_images(ckpt: Checkpoint, split: CaptionedSplit, text: str, k: int, figure: Path,

@@ -11,7 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from clip_lab import search
 from clip_lab.__main__ import main
+from clip_lab.augment import center_crop
+from clip_lab.data.coco import load_coco_split
+from clip_lab.data.image_cache import decode_pil
 from clip_lab.module import ClipLab
 from clip_lab.text_towers import LSTMTextTower, TransformerTextTower, masked_mean
 
@@ -123,5 +127,20 @@ def test_fit_with_a_trained_text_encoder_learns_without_any_clip_model(kind, ber
         assert model.text_tower.vocabulary == stored["clip_lab_vocabulary"] and "red" in model.text_tower.vocabulary
     state = {k[len("text_tower."):]: v for k, v in stored["state_dict"].items() if k.startswith("text_tower.")}
     assert all(torch.equal(v, model.text_tower.state_dict()[k]) for k, v in state.items())
+    # search: the caption gallery and the query go through the checkpoint's own text encoder
+    split = load_coco_split(demo_root, "val2014")
+
+    @torch.no_grad()
+    def embed_image(i):  # decoded and cropped as evaluation does it
+        return model(center_crop(torch.from_numpy(decode_pil(split.image_path(i), 72).copy())[None], 64))[0]
+
+    found = search.main(["--ckpt", str(ckpt), "--image", str(split.image_path(0)), "--k", "3", "--device", "cpu"])
+    assert "captions_val2014_ckpt" in found["gallery"]["cache"]
+    expected = (model.text_tower.encode(split.captions).half().float() @ embed_image(0)).topk(3).values
+    assert torch.allclose(torch.tensor([r["score"] for r in found["results"]]), expected, atol=1e-3)
+    top = search.main(["--ckpt", str(ckpt), "--text", split.captions[0], "--k", "1", "--device", "cpu"])["results"][0]
+    image = split.image_ids.tolist().index(top["image_id"])
+    assert top["score"] == pytest.approx(float(embed_image(image) @ model.text_tower.encode([split.captions[0]])[0]),
+                                         abs=1e-4)
     # a checkpoint of another text encoder is refused in one line, not loaded into the wrong model
     assert main(["test", "-c", str(run / "config.yaml"), "--ckpt_path", str(ckpt), "--model.text_encoder", "null"]) == 2
