@@ -8,6 +8,8 @@ Everything runs on generated data in one process, so one command on one machine 
   caption cache, image cache, and a val2014-scale retrieval evaluation;
   features  the frozen CLIP image tower (ViT-B/32 shape, random weights) over the image cache: the feature cache;
   heads     head-only training (linear and MLP heads) on cached features at COCO Karpathy train size;
+  text      (only with `--only text`) the training step with a trained text encoder (LSTM, DistilBERT shape)
+            against the cached default;
   index     (only with `--only index`: it needs faiss) the search index: HNSW recall against exact search, latency
             and throughput on the demo run's galleries and on 100,000 synthetic 512-d vectors (index_bench.py).
 `--small` shrinks every size so the CPU tests can run it. Data is generated only for the parts that read it.
@@ -118,16 +120,28 @@ def bench_caption_cache(root: Path, n: int, device: torch.device, small: bool) -
 
 
 # -- the bare training step ---------------------------------------------------------------------------------------
-def bench_ceiling(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+def bench_ceiling(args: argparse.Namespace, device: torch.device, text_encoder: str | None = None) -> dict[str, Any]:
+    """Images/s of the bare training step; `text_encoder` (as `model.text_encoder`): captions encoded in the step
+    from token rows of 32 positions holding COCO's ~14 tokens, instead of cached embeddings."""
     from clip_lab.module import ClipLab
 
-    module = ClipLab(args.backbone, weights=None, embed_dim=512, compile=args.compile).to(device)
+    module = ClipLab(args.backbone, weights=None, embed_dim=512, compile=args.compile,
+                     text_encoder=text_encoder).to(device)
     module.to_fast_layout(args.compile)
     optimizer = module.build_optimizer()
     g = torch.Generator(device).manual_seed(0)
+
+    def text() -> torch.Tensor:
+        if text_encoder is None:
+            return F.normalize(torch.randn(args.batch_size, 512, generator=g, device=device), dim=-1).half()
+        vocab = module.text_tower.body.get_submodule("embeddings.word_embeddings" if text_encoder != "lstm"
+                                                     else "embedding").num_embeddings
+        tokens = torch.randint(2, vocab, (args.batch_size, 32), generator=g, device=device, dtype=torch.int32)
+        lengths = torch.randint(8, 21, (args.batch_size, 1), generator=g, device=device)  # COCO: ~14 on average
+        return tokens * (torch.arange(32, device=device) < lengths)
+
     inputs = [(torch.randint(0, 256, (args.batch_size, 3, args.image_size, args.image_size), generator=g,
-                             device=device, dtype=torch.uint8).contiguous(memory_format=torch.channels_last),
-               F.normalize(torch.randn(args.batch_size, 512, generator=g, device=device), dim=-1).half())
+                             device=device, dtype=torch.uint8).contiguous(memory_format=torch.channels_last), text())
               for _ in range(3)]  # a few input sets: never time one buffer over and over
     max_log_scale = math.log(module.hparams.max_logit_scale)
 
@@ -152,6 +166,22 @@ def bench_ceiling(args: argparse.Namespace, device: torch.device) -> dict[str, A
     _sync(device)
     dt = time.perf_counter() - t0
     return {"steps": args.steps, "images_per_s": args.steps * args.batch_size / dt, "warmup_and_compile_s": warm_s}
+
+
+def bench_text(args: argparse.Namespace, root: Path, device: torch.device) -> dict[str, Any]:
+    """The bare training step with each text side: cached frozen-CLIP embeddings, the LSTM, and a transformer of
+    distilbert-base-uncased's shape (6 layers, 768 wide, 30,522 tokens; random weights) fine-tuned in the step."""
+    from clip_lab.data.synthetic import make_bert_model
+
+    bert = root / ("bert_small" if args.small else "distilbert_shape")
+    if not (bert / "config.json").is_file():
+        make_bert_model(bert, width=64 if args.small else 768, layers=2 if args.small else 6,
+                        vocab_size=None if args.small else 30522)
+    out = {}
+    for name, encoder in (("cached", None), ("lstm", "lstm"), ("distilbert", str(bert))):
+        out[name] = bench_ceiling(args, device, text_encoder=encoder)
+        _free(device)
+    return out
 
 
 # -- end-to-end fit, then test at val scale -----------------------------------------------------------------------
@@ -416,7 +446,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-compile", dest="compile", action="store_false", help="eager training step")
     p.add_argument("--only", nargs="*", default=None,
                    help="run only these parts: caption_cache image_cache ceiling loader fit naive retrieval features "
-                   "heads index (index is never run by default)")
+                   "heads index text (index and text run only when named)")
     for name in ("n_train", "n_val", "captions", "epochs", "steps", "naive_steps", "batch_size", "head_epochs",
                  "index_n", "index_queries"):
         p.add_argument(f"--{name}", type=int, default=None, help="override the preset")
@@ -510,6 +540,13 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             rows.append((f"head-only training, {kind} head", f"{c[kind]['seconds_per_epoch']:.2f} s/epoch",
                          f"{c['images']:,} images x {c['feature_dim']}-d features, {c['captions']:,} captions, "
                          f"batch 256, validation on {c['val_images']:,} images included"))
+    if "text" in r:
+        c = r["text"]
+        for name, what in (("cached", "cached frozen-CLIP embeddings (the default)"), ("lstm", "word-level BiLSTM"),
+                           ("distilbert", "DistilBERT shape, fine-tuned")):
+            rows.append((f"training step, text side: {what}", f"{c[name]['images_per_s']:,.0f} img/s",
+                         f"{c[name]['images_per_s'] / c['cached']['images_per_s']:.2f} x cached; "
+                         f"{r['config']['backbone']}, batch {r['config']['batch_size']}, compile={r['config']['compile']}"))
     if "retrieval" in r:
         c = r["retrieval"]
         rows.append(("retrieval metrics", f"{c['seconds']:.2f} s", f"{c['images']:,} x {c['captions']:,} embeddings"))
@@ -546,7 +583,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parts = set(args.only or ["caption_cache", "image_cache", "ceiling", "loader", "fit", "naive", "retrieval",
                               "features", "heads"])
     if unknown := parts - {"caption_cache", "image_cache", "ceiling", "loader", "fit", "naive", "retrieval",
-                           "features", "heads", "index"}:
+                           "features", "heads", "index", "text"}:
         raise ClipLabError(f"--only: unknown part(s) {', '.join(sorted(unknown))}; see --help for the list")
     results: dict[str, Any] = {
         "command": "python -m clip_lab bench " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -596,6 +633,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         steps.append(("features", lambda: bench_features(args, data_root, device)))
     if "heads" in parts:
         steps.append(("heads", lambda: bench_heads(args, device)))
+    if "text" in parts:
+        steps.append(("text", lambda: bench_text(args, root, device)))
     if "index" in parts:
         from clip_lab import index_bench
 

@@ -2,6 +2,7 @@
 
 import json
 
+from clip_lab import bench
 from clip_lab.__main__ import main
 
 
@@ -26,3 +27,11 @@ def test_small_bench_writes_the_whole_table(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "end-to-end fit" in printed and "x ceiling" in printed and "fit is" in printed
     assert sorted(p.name for p in out.parent.iterdir()) == ["cpu.json", "cpu.md"]  # nothing half-written beside
+
+
+def test_text_part_times_the_step_with_each_text_side(tmp_path):
+    results = bench.main(["--small", "--only", "text", "--root", str(tmp_path), "--out", str(tmp_path / "b.json")])
+    assert set(results["text"]) == {"cached", "lstm", "distilbert"}
+    assert all(r["images_per_s"] > 0 and r["steps"] == 3 for r in results["text"].values())
+    rows = [a for a, _, _ in bench.table(results)]
+    assert [r for r in rows if r.startswith("training step, text side")] == rows and len(rows) == 3

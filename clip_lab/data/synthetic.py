@@ -203,15 +203,17 @@ def make_clip_model(
     CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size=square).save_pretrained(path)
 
 
-def make_bert_model(path: Path, seed: int = 0, width: int = 64, layers: int = 2) -> None:
+def make_bert_model(path: Path, seed: int = 0, width: int = 64, layers: int = 2, vocab_size: int | None = None) -> None:
     """Save a randomly initialized small DistilBERT (`DistilBertModel`) and its WordPiece tokenizer to `path`: the
-    stand-in for `distilbert-base-uncased` when a trained transformer text encoder runs on the demo data."""
+    stand-in for `distilbert-base-uncased` when a trained transformer text encoder runs on the demo data.
+    `vocab_size` pads the embedding table beyond the demo's words (the benchmark's 30,522, DistilBERT's)."""
     import torch
     from transformers import DistilBertConfig, DistilBertModel, DistilBertTokenizer
 
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + vocabulary()[len(SPECIAL):]
     tokenizer = DistilBertTokenizer(vocab={w: i for i, w in enumerate(words)}, model_max_length=64)
-    config = DistilBertConfig(vocab_size=len(words), dim=width, n_layers=layers, n_heads=4, hidden_dim=2 * width,
+    config = DistilBertConfig(vocab_size=max(len(words), vocab_size or 0), dim=width, n_layers=layers,
+                              n_heads=max(4, width // 64), hidden_dim=4 * width if vocab_size else 2 * width,
                               max_position_embeddings=64, pad_token_id=0)
     torch.manual_seed(seed)
     DistilBertModel(config).save_pretrained(path)
