@@ -140,7 +140,8 @@ def test_fit_with_a_trained_text_encoder_learns_without_any_clip_model(kind, ber
     assert torch.allclose(torch.tensor([r["score"] for r in found["results"]]), expected, atol=1e-3)
     top = search.main(["--ckpt", str(ckpt), "--text", split.captions[0], "--k", "1", "--device", "cpu"])["results"][0]
     image = split.image_ids.tolist().index(top["image_id"])
+    # the gallery comes from the image cache, which a GPU machine decodes with nvJPEG (PIL here): a little apart
     assert top["score"] == pytest.approx(float(embed_image(image) @ model.text_tower.encode([split.captions[0]])[0]),
-                                         abs=1e-4)
+                                         abs=5e-3 if torch.cuda.is_available() else 1e-4)
     # a checkpoint of another text encoder is refused in one line, not loaded into the wrong model
     assert main(["test", "-c", str(run / "config.yaml"), "--ckpt_path", str(ckpt), "--model.text_encoder", "null"]) == 2
