@@ -137,7 +137,7 @@ class ClipLab(L.LightningModule):
     def setup(self, stage: str) -> None:
         """A trained text encoder reads token rows: fit an LSTM's vocabulary to the training captions (a checkpoint
         being resumed or tested brings its own, restored after this) and have the data tokenize with it."""
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        datamodule = getattr(self._trainer, "datamodule", None)  # none outside a Trainer
         if self.text_tower is None or datamodule is None:
             return
         if isinstance(self.text_tower, LSTMTextTower) and not self.text_tower.vocabulary and stage == "fit":
