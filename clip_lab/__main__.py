@@ -1,4 +1,4 @@
-"""`python -m clip_lab <job>`: fit / validate / test through LightningCLI; demo and bench as their own small jobs."""
+"""`python -m clip_lab <job>`: fit / validate / test through LightningCLI; every other job a module with main(argv)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from importlib import import_module
 
 from clip_lab.errors import ClipLabError
 
+# jobs beside LightningCLI's, each a module with main(argv)
 JOBS = {"demo": "clip_lab.demo", "bench": "clip_lab.bench", "sweep": "clip_lab.sweep", "report": "clip_lab.report",
         "zeroshot": "clip_lab.zeroshot", "search": "clip_lab.search", "figures": "clip_lab.figures",
-        "baselines": "clip_lab.baselines"}  # jobs beside LightningCLI's fit/validate/test, each a module with main(argv)
+        "baselines": "clip_lab.baselines", "embed": "clip_lab.embed"}
+LIGHTNING_JOBS = ("fit", "validate", "test")
 
 
 class StderrHandler(logging.StreamHandler):
@@ -36,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv and argv[0] in JOBS:
             import_module(JOBS[argv[0]]).main(argv[1:])
+        elif argv and not argv[0].startswith("-") and argv[0] not in LIGHTNING_JOBS:
+            hint = "; embeddings of a split, images or texts: python -m clip_lab embed" if argv[0] == "predict" else ""
+            raise ClipLabError(f"unknown job {argv[0]!r}: use one of {', '.join((*LIGHTNING_JOBS, *JOBS))}{hint}")
         else:
             from clip_lab.cli import main as cli_main
 

@@ -24,7 +24,7 @@ import yaml
 from clip_lab.data.datamodule import RetrievalData
 from clip_lab.data.feature_cache import ensure_feature_cache
 from clip_lab.errors import ClipLabError
-from clip_lab.files import atomic_path, save_json
+from clip_lab.files import save_json, save_text
 from clip_lab.heads import Pairs, train_head
 from clip_lab.model import HEADS
 from clip_lab.sweep import ablation_table, summarize
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     test = results[PRETRAINED][0]
     out = {
         "dataset": hp.dataset, "split": hp.test_split, "clip_model": hp.text_model,
-        "protocol": data.protocol.record(int(test["n_images"]), int(test["n_captions"])),
+        "protocol": data.protocol_record(int(test["n_images"]), int(test["n_captions"])),
         "feature_dim": int(train.features.shape[1]), "embed_dim": int(train.captions.shape[1]),
         "heads": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                   "weight_decay": args.weight_decay, "hidden": args.hidden, "seeds": list(range(args.seeds))},
@@ -128,8 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     path = Path(args.results_dir) / f"{args.name}.json"
     save_json(out, path)
     table = markdown(out)
-    with atomic_path(path.with_suffix(".md")) as tmp:
-        tmp.write_text(table)
+    save_text(table, path.with_suffix(".md"))
     print(f"\n{table}\nwritten: {path} and {path.with_suffix('.md')}")
     return out
 

@@ -238,6 +238,7 @@ def bench_datamodule(args: argparse.Namespace, data_root: Path) -> Any:
 def bench_loader(args: argparse.Namespace, data_root: Path, device: torch.device) -> dict[str, Any]:
     """The data path alone: batches from the image cache to the device, augmented, no model: what it could feed."""
     from clip_lab.augment import augment
+    from clip_lab.data.image_cache import image_cache_paths
     from clip_lab.data.loader import CachedBatchLoader
     from clip_lab.data.sampling import PairBatchSampler
 
@@ -245,7 +246,7 @@ def bench_loader(args: argparse.Namespace, data_root: Path, device: torch.device
     dm.prepare_data()
     split = dm.split("train2014")
     sampler = PairBatchSampler(split.caption_start, args.batch_size, "image", drop_last=True)
-    path = data_root / "cache" / f"images_train2014_{args.cache_image_size}.npy"
+    path, _ = image_cache_paths(data_root / "cache", split, args.cache_image_size)
     loader = CachedBatchLoader(path, dm.caption_embeddings("train2014"), sampler, device, threads=args.workers)
     images = 0
     for epoch in range(2):  # the first epoch warms the page cache and the pinned buffers
@@ -395,7 +396,7 @@ def bench_features(args: argparse.Namespace, data_root: Path, device: torch.devi
     images = image_cache.ensure_image_cache(cache, split, args.cache_image_size, device, args.workers)
     tower = ClipImageTower(str(model)).to(device)
     meta = feature_cache.expected_meta(split, str(model), args.cache_image_size)
-    path = feature_cache.feature_cache_path(cache, split.name, str(model), args.cache_image_size)
+    path = feature_cache.feature_cache_path(cache, split, str(model), args.cache_image_size)
     _sync(device)
     t0 = time.perf_counter()
     feature_cache.build_feature_cache(images, tower, path, meta)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import warnings
 from argparse import ArgumentError
 from pathlib import Path
@@ -19,6 +20,8 @@ from clip_lab.errors import ClipLabError
 from clip_lab.module import ARCHITECTURE, ClipLab, check_compatible
 from clip_lab.runstats import RunStats
 from clip_lab.tracking import Tracking, check_options, hyperparameters
+
+log = logging.getLogger(__name__)
 
 
 class SaveFitConfig(SaveConfigCallback):
@@ -80,14 +83,29 @@ class ClipLabCLI(LightningCLI):
             }
         )
 
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        # fit, validate, test; Lightning's `predict` has no meaning for this model: `python -m clip_lab embed`
+        # writes embeddings of a split, a folder of images or a file of texts
+        return {k: v for k, v in LightningCLI.subcommands().items() if k != "predict"}
+
     def _run_dir(self) -> Path:
-        config = self.config[self.subcommand]
+        config = self.config[self.config["subcommand"]]
         return Path(config.results_dir) / config.run
 
     def _parse_ckpt_path(self) -> None:
+        sub = self.config.get("subcommand")
+        if sub in ("validate", "test") and not self.config[sub].get("ckpt_path"):
+            # evaluating without trained weights would score a random head and, for test, overwrite the run's
+            # results with that: take the run's best checkpoint, or stop
+            best = self._run_dir() / "checkpoints" / "best.ckpt"
+            if not best.is_file():
+                raise ClipLabError(f"{sub} needs trained weights and {best} does not exist: pass --ckpt_path "
+                                   "results/<run>/checkpoints/best.ckpt of a finished fit (or --run <that run>)")
+            log.info("%s: no --ckpt_path given, using the run's best checkpoint %s", sub, best)
+            self.config[sub]["ckpt_path"] = str(best)
         # Lightning replaces the config's model options by the checkpoint's: refuse instead when the architecture
         # asked for differs, rather than silently running another model than the one on the command line
-        sub = self.config.get("subcommand")
         ckpt = self.config[sub].get("ckpt_path") if sub else None
         if ckpt and Path(ckpt).is_file():
             stored = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})
@@ -110,6 +128,10 @@ class ClipLabCLI(LightningCLI):
                 f"{run_dir} already holds a run; choose another --run name, delete the folder, or resume it with "
                 f"--ckpt_path {run_dir}/checkpoints/last.ckpt"
             )
+
+    def before_fit(self) -> None:
+        # a split smaller than one batch would "train" zero steps and exit 0: stop before any cache is built
+        self.datamodule.check_trainable(self.trainer.world_size)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self.config_init[self.subcommand]

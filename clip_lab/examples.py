@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -14,12 +14,14 @@ from clip_lab.data.split import CaptionedSplit
 def test_examples(
     image_emb: Tensor, caption_emb: Tensor, caption_image: Tensor, split: CaptionedSplit, images: np.ndarray,
     captions: np.ndarray, n: int = 8, k: int = 5, sample: int = 500, seed: int = 0,
+    image_ref: Callable[[int], dict[str, Any]] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """(examples for `test_examples.json`, embeddings for `test_embeddings.pt`).
 
     `image_emb[p]` is image `images[p]` of `split`; `caption_emb[j]` is caption `captions[j]`, of image position
     `caption_image[j]`. Examples: `n` seeded images with their true captions and the top `k` retrieved ones; the
     similarity of those images with their first captions; up to `sample` images with their first captions' embeddings.
+    `image_ref(i)` says where the figures find image i of `split` again (default: its file).
     """
     caption_image = caption_image.to(image_emb.device)
     has_caption = torch.zeros(len(image_emb), dtype=torch.bool, device=image_emb.device)
@@ -33,7 +35,8 @@ def test_examples(
 
     def image_info(p: int) -> dict[str, Any]:
         i = int(images[p])
-        return {"image_id": int(split.image_ids[i]), "file": str(split.image_path(i))}
+        return {"image_id": int(split.image_ids[i]),
+                **(image_ref(i) if image_ref else {"file": str(split.image_path(i))})}
 
     shown = picked[np.sort(rng.choice(len(picked), size=min(n, len(picked)), replace=False))]
     sims = image_emb[torch.as_tensor(shown, device=image_emb.device)].float() @ caption_emb.float().T

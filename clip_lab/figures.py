@@ -1,8 +1,10 @@
-"""`python -m clip_lab figures`: the report's figures, drawn from `results/` alone (and the image files it names).
+"""`python -m clip_lab figures`: the report's figures, drawn from `results/` alone (and the pictures its results name).
 
 Each figure is written as PNG (150 dpi) and PDF under `--out`, and `<out>/figures.json` lists, per figure, its files
 and a one-sentence caption, or what is missing and the command that produces it. Nothing is trained, no model is
-loaded: a missing input is a `missing` entry, never a crash.
+loaded: a missing input is a `missing` entry, never a crash. Pictures come from the files the dataset's split records
+name, else from the image cache; one found in neither is a grey square that the caption, the manifest
+(`images_not_found`) and a warning all name.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import math
 import re
 import textwrap
@@ -18,8 +21,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+from clip_lab.commands import RunCommands
 from clip_lab.files import atomic_path, save_json
 from clip_lab.sweep import DEFAULT_VARIANTS
+
+log = logging.getLogger(__name__)
 
 DPI = 150
 THUMB = 160  # thumbnail side in pixels
@@ -65,35 +71,34 @@ def epoch_curves(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return curves
 
 
-def data_root(run_dir: Path) -> Path | None:
-    """The run's `data.data_root` from its `config.yaml` (where its split folders of images are), or None."""
-    import yaml
-
-    try:
-        root = yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["data_root"]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError):
-        return None
-    return Path(root) if root else None
-
-
-def thumbnail(path: str | Path | None, size: int = THUMB) -> np.ndarray | None:
-    """The image's central square at `size` pixels (RGB uint8), or None when the file is gone or unreadable."""
+def thumbnail(ref: dict[str, Any] | None, size: int = THUMB) -> np.ndarray | None:
+    """The central square at `size` pixels (RGB uint8) of the image a result names: its file (`file`, the path the
+    dataset's split records give), else its row of the image cache (`image_cache`, `cache_row`); None when neither
+    can be read."""
     from PIL import Image, ImageOps
 
-    if path is None:
-        return None
-    try:
-        with Image.open(path) as img:
-            return np.asarray(ImageOps.fit(img.convert("RGB"), (size, size), Image.Resampling.BICUBIC))
-    except (OSError, ValueError, Image.DecompressionBombError):
-        return None
+    ref = ref or {}
+    if ref.get("file"):
+        try:
+            with Image.open(ref["file"]) as img:
+                return np.asarray(ImageOps.fit(img.convert("RGB"), (size, size), Image.Resampling.BICUBIC))
+        except (OSError, ValueError, Image.DecompressionBombError):
+            pass
+    if ref.get("image_cache") and isinstance(ref.get("cache_row"), int):
+        try:
+            square = np.load(ref["image_cache"], mmap_mode="r")[ref["cache_row"]]  # already a central square
+            return np.asarray(Image.fromarray(np.asarray(square)).resize((size, size), Image.Resampling.BICUBIC))
+        except (OSError, ValueError, IndexError):
+            pass
+    return None
 
 
 def show_image(ax: Any, image: np.ndarray | None, label: str) -> None:
-    """The image on `ax` without ticks; a grey square naming `label` when the file is gone."""
+    """The image on `ax` without ticks; a grey square naming `label` when it could not be found (the figure's
+    manifest entry lists those, and the job warns)."""
     if image is None:
         ax.imshow(np.full((THUMB, THUMB, 3), 200, np.uint8))
-        ax.text(0.5, 0.5, f"{label}\n(file missing)", ha="center", va="center", fontsize=FONT - 1,
+        ax.text(0.5, 0.5, f"{label}\n(image not found)", ha="center", va="center", fontsize=FONT - 1,
                 transform=ax.transAxes)
     else:
         ax.imshow(image)
@@ -147,10 +152,10 @@ def save(fig: Any, out: Path, name: str) -> dict[str, str]:
 def loss_figure(ctx: Context) -> tuple[Any, str]:
     main = ctx.run_dir / "metrics.csv"
     if not main.is_file():
-        raise Missing(f"{main} does not exist (no training log of run {ctx.run!r})", ctx.fit_command)
+        raise Missing(f"{main} does not exist (no training log of run {ctx.run!r})", ctx.commands.fit)
     curves = epoch_curves(main)
     if not curves:
-        raise Missing(f"{main} holds no train/loss or val/loss rows", ctx.fit_command)
+        raise Missing(f"{main} holds no train/loss or val/loss rows", ctx.commands.fit)
     sweep: dict[str, list[tuple[str, dict]]] = {}
     for csv_file in sorted(ctx.sweep_dir.glob("*/seed*/metrics.csv")):
         seed_curves = epoch_curves(csv_file)
@@ -250,14 +255,13 @@ def recall_figure(ctx: Context) -> tuple[Any, str]:
 
 
 def search_figure(ctx: Context, path: Path) -> tuple[Any, str]:
-    result = read_json(path, ctx.search_command)
+    result = read_json(path, ctx.commands.search)
     try:
         text, rows, split = result["query"]["text"], result["results"], result.get("split", "")
     except (KeyError, TypeError) as e:
-        raise Missing(f"{path} is not a text search result (no {e})", ctx.search_command) from e
+        raise Missing(f"{path} is not a text search result (no {e})", ctx.commands.search) from e
     if not rows:
-        raise Missing(f"{path} holds no results", ctx.search_command)
-    root = data_root(ctx.run_dir)
+        raise Missing(f"{path} holds no results", ctx.commands.search)
     cols = min(5, len(rows))
     n_rows = math.ceil(len(rows) / cols)
     fig = new_figure(1.75 * cols + 0.3, 2.55 * n_rows + 0.5)
@@ -266,8 +270,7 @@ def search_figure(ctx: Context, path: Path) -> tuple[Any, str]:
         ax.axis("off")
     for ax, r in zip(axes, rows):
         ax.axis("on")
-        file = root / split / r["file_name"] if root and r.get("file_name") else None
-        show_image(ax, thumbnail(file), f"image {r.get('image_id')}")
+        show_image(ax, ctx.thumb(r, f"image {r.get('image_id')}"), f"image {r.get('image_id')}")
         ax.set_title(f"#{r['rank']}   {r['score']:.3f}", fontsize=FONT)
         ax.set_xlabel(wrap(r.get("caption") or "(no caption)", 24, 3), fontsize=FONT - 1)
     fig.suptitle(wrap(f'"{text}"', 60, 2) + f"\ntop {len(rows)} images of {split} (rank, cosine similarity)",
@@ -278,21 +281,21 @@ def search_figure(ctx: Context, path: Path) -> tuple[Any, str]:
 
 
 def i2t_figure(ctx: Context) -> tuple[Any, str]:
-    examples = read_json(ctx.run_dir / "test_examples.json", ctx.test_command)
+    examples = read_json(ctx.run_dir / "test_examples.json", ctx.commands.test)
     try:
         rows = examples["retrieval"][:TEXT_ROWS]
         _ = [(r["file"], r["captions"], r["retrieved"]) for r in rows]
     except (KeyError, TypeError) as e:
         raise Missing(f"{ctx.run_dir / 'test_examples.json'} has no retrieval examples (no {e})",
-                      ctx.test_command) from e
+                      ctx.commands.test) from e
     if not rows:
-        raise Missing(f"{ctx.run_dir / 'test_examples.json'} has no retrieval examples", ctx.test_command)
+        raise Missing(f"{ctx.run_dir / 'test_examples.json'} has no retrieval examples", ctx.commands.test)
     k = max(len(r["retrieved"]) for r in rows)
     fig = new_figure(8.5, 1.55 * len(rows) + 0.6)
     axes = fig.subplots(len(rows), 3, squeeze=False, width_ratios=[1.0, 3.1, 3.6])
     line = FONT * 1.28  # points per text line
     for i, (r, (ax_img, ax_truth, ax_ret)) in enumerate(zip(rows, axes)):
-        show_image(ax_img, thumbnail(r["file"]), f"image {r['image_id']}")
+        show_image(ax_img, ctx.thumb(r, f"image {r['image_id']}"), f"image {r['image_id']}")
         ax_img.set_title(f"image {r['image_id']}", fontsize=FONT - 1)
         for ax in (ax_truth, ax_ret):
             ax.axis("off")
@@ -321,23 +324,15 @@ def i2t_figure(ctx: Context) -> tuple[Any, str]:
     return fig, caption
 
 
-def zeroshot_figure(ctx: Context) -> tuple[Any, str]:
-    folder = ctx.run_dir / "zeroshot"
-    if ctx.zeroshot:
-        path = folder / f"{Path(ctx.zeroshot).stem}.json"
-    else:
-        found = sorted(folder.glob("*.json"))
-        if not found:
-            raise Missing(f"no zero-shot results in {folder}/", ctx.zeroshot_command)
-        path = found[0]
-    result = read_json(path, ctx.zeroshot_command)
+def zeroshot_figure(ctx: Context, path: Path) -> tuple[Any, str]:
+    result = read_json(path, ctx.commands.zeroshot)
     try:
-        classes, preds, source = result["classes"], result["predictions"], result.get("source", {})
+        classes, preds = result["classes"], result["predictions"]
         _ = [(p["image"], p["probs"], p["predicted"]) for p in preds]
     except (KeyError, TypeError) as e:
-        raise Missing(f"{path} is not a zero-shot result (no {e})", ctx.zeroshot_command) from e
+        raise Missing(f"{path} is not a zero-shot result (no {e})", ctx.commands.zeroshot) from e
     if not preds:
-        raise Missing(f"{path} holds no predictions", ctx.zeroshot_command)
+        raise Missing(f"{path} holds no predictions", ctx.commands.zeroshot)
 
     labelled = all("correct" in p for p in preds)
     if labelled:  # half right, half wrong, each the first in the file's order: successes and failures alike
@@ -349,18 +344,6 @@ def zeroshot_figure(ctx: Context) -> tuple[Any, str]:
         shown = sorted(shown, key=preds.index)
     else:
         shown = preds[:ZEROSHOT_IMAGES]
-    root = data_root(ctx.run_dir)
-
-    def file_of(name: str) -> Path | None:
-        kind = source.get("kind")
-        if kind == "split" and root:
-            return root / source.get("split", "") / name
-        if kind == "folder":
-            return Path(source["path"]) / name
-        if kind == "file":
-            return Path(source["path"])
-        return None
-
     cols = 2
     n_rows = math.ceil(len(shown) / cols)
     fig = new_figure(8.5, 1.75 * n_rows + 0.7)
@@ -372,11 +355,12 @@ def zeroshot_figure(ctx: Context) -> tuple[Any, str]:
         ax_img.axis("on")
         ax_bar.axis("on")
         name = image_label(p["image"])
-        show_image(ax_img, thumbnail(file_of(p["image"])), name)
+        show_image(ax_img, ctx.thumb(p, name), name)
         probs = [p["probs"].get(c, 0.0) for c in classes]
         truth = set(p.get("truth") or [])
-        colors = [(CORRECT if c in truth else WRONG) if c == p["predicted"] and labelled else
-                  ("C0" if c == p["predicted"] else "0.7") for c in classes]
+        picked = p.get("tied") or [p["predicted"]]  # a tie (`predicted` null) picks its tied classes, and is wrong
+        colors = [(CORRECT if p["correct"] else WRONG) if c in picked and labelled else
+                  ("C0" if c in picked else "0.7") for c in classes]
         y = np.arange(len(classes))
         ax_bar.barh(y, probs, color=colors, height=0.7)
         ax_bar.set_yticks(y, [c + (" *" if c in truth else "") for c in classes], fontsize=FONT - 1)
@@ -389,7 +373,8 @@ def zeroshot_figure(ctx: Context) -> tuple[Any, str]:
             ax_bar.set_xlabel("probability", fontsize=FONT - 1)
         verdict = ("  ✓" if p["correct"] else "  ✗") if labelled else ""
         ax_img.set_title(name, fontsize=FONT - 1)
-        ax_bar.set_title(f"{p['predicted']} {p['probs'].get(p['predicted'], 0):.2f}{verdict}", fontsize=FONT,
+        head = f"tie {'/'.join(picked)}" if p.get("tied") else p["predicted"]
+        ax_bar.set_title(f"{head} {p['probs'].get(picked[0], 0):.2f}{verdict}", fontsize=FONT,
                          color=(CORRECT if p["correct"] else WRONG) if labelled else "black", loc="left")
     accuracy, chance = result.get("accuracy"), result.get("chance")
     score = f"; accuracy {accuracy:.2f}, chance {chance:.2f}" if accuracy is not None and chance else ""
@@ -405,23 +390,23 @@ def zeroshot_figure(ctx: Context) -> tuple[Any, str]:
 
 
 def similarity_figure(ctx: Context) -> tuple[Any, str]:
-    examples = read_json(ctx.run_dir / "test_examples.json", ctx.test_command)
+    examples = read_json(ctx.run_dir / "test_examples.json", ctx.commands.test)
     try:
         sim = examples["similarity"]
         images, captions, matrix = sim["images"], sim["captions"], np.asarray(sim["matrix"], dtype=float)
     except (KeyError, TypeError, ValueError) as e:
         raise Missing(f"{ctx.run_dir / 'test_examples.json'} has no similarity matrix (no {e})",
-                      ctx.test_command) from e
+                      ctx.commands.test) from e
     n = len(images)
     if n == 0 or matrix.shape != (n, len(captions)):
         raise Missing(f"{ctx.run_dir / 'test_examples.json'} has an empty or inconsistent similarity matrix",
-                      ctx.test_command)
+                      ctx.commands.test)
     cell = min(0.75, 6.0 / max(n, len(captions)))
     fig = new_figure(cell * (len(captions) + 1.4) + 2.2, cell * n + 2.0)
     ax = fig.subplots()
     heat = ax.imshow(matrix, cmap="viridis", extent=(-0.5, len(captions) - 0.5, n - 0.5, -0.5))
     for i, im in enumerate(images):  # thumbnails in a column left of the rows they label
-        thumb = thumbnail(im.get("file"))
+        thumb = ctx.thumb(im, f"image {im.get('image_id')}")
         if thumb is None:
             thumb = np.full((THUMB, THUMB, 3), 200, np.uint8)
         ax.imshow(thumb, extent=(-1.55, -0.6, i + 0.475, i - 0.475))
@@ -462,16 +447,16 @@ def pca_2d(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def pca_figure(ctx: Context) -> tuple[Any, str]:
     path = ctx.run_dir / "test_embeddings.pt"
     if not path.is_file():
-        raise Missing(f"{path} does not exist", ctx.test_command)
+        raise Missing(f"{path} does not exist", ctx.commands.test)
     import torch
 
     try:
         stored = torch.load(path, map_location="cpu", weights_only=True)
         image, caption = stored["image"].float().numpy(), stored["caption"].float().numpy()
     except (OSError, RuntimeError, KeyError, TypeError, AttributeError, EOFError, ValueError) as e:
-        raise Missing(f"{path} is unreadable ({type(e).__name__})", ctx.test_command) from e
+        raise Missing(f"{path} is unreadable ({type(e).__name__})", ctx.commands.test) from e
     if len(image) < 2 or image.shape != caption.shape:
-        raise Missing(f"{path} holds {len(image)} image and {len(caption)} caption embeddings", ctx.test_command)
+        raise Missing(f"{path} holds {len(image)} image and {len(caption)} caption embeddings", ctx.commands.test)
     xy, explained = pca_2d(np.concatenate([image, caption]))
     img_xy, cap_xy = xy[: len(image)], xy[len(image):]
     n = len(image)
@@ -502,71 +487,80 @@ def pca_figure(ctx: Context) -> tuple[Any, str]:
 
 # -- the job -------------------------------------------------------------------------------------------------------
 class Context:
-    """Where the inputs are, and the commands that make each of them."""
+    """Where the inputs are, the commands that make each of them, and the pictures a figure could not find."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.results = Path(args.results_dir)
-        self.run, self.ablations, self.zeroshot = args.run, args.ablations, args.zeroshot
+        self.run, self.ablations = args.run, args.ablations
         self.run_dir = self.results / self.run
         self.sweep_dir = self.results / self.ablations
         self.sweep_json = self.results / f"{self.ablations}.json"
-        rd = "" if args.results_dir == "results" else f" --results_dir {args.results_dir}"
-        ckpt = self.run_dir / "checkpoints" / "best.ckpt"
-        self.fit_command = f"python -m clip_lab fit -c configs/coco.yaml --run {self.run}{rd}"
-        self.test_command = (f"python -m clip_lab test -c {self.run_dir / 'config.yaml'} --ckpt_path {ckpt}"
-                             if (self.run_dir / "config.yaml").is_file() else
-                             f"{self.fit_command} && python -m clip_lab test -c {self.run_dir / 'config.yaml'} "
-                             f"--ckpt_path {ckpt}")
-        self.sweep_command = f"python -m clip_lab sweep -c configs/coco.yaml --seeds 3 --name {self.ablations}{rd}"
-        self.search_command = f'python -m clip_lab search --ckpt {ckpt} --text "sport" --k 5'
-        images = self.zeroshot or "val2014"
-        self.zeroshot_command = (f"python -m clip_lab zeroshot --ckpt {ckpt} --images {images} "
-                                 "--classes person animal landscape")
+        self.commands = RunCommands(args.results_dir, self.run)
+        self.sweep_command = self.commands.sweep(self.ablations)
+        self.not_found: list[str] = []  # of the figure being drawn
+
+    def thumb(self, ref: dict[str, Any] | None, label: str) -> np.ndarray | None:
+        """`thumbnail(ref)`; one that cannot be found is remembered (under its file, or `label`)."""
+        image = thumbnail(ref)
+        if image is None:
+            self.not_found.append(str((ref or {}).get("file") or label))
+        return image
 
 
 def figures(ctx: Context) -> dict[str, Callable[[], tuple[Any, str]]]:
-    """Figure name -> the function that draws it (searches: one figure per text query found)."""
+    """Figure name -> the function that draws it (one figure per text query and per zero-shot result found)."""
     jobs: dict[str, Callable[[], tuple[Any, str]]] = {
         "loss": lambda: loss_figure(ctx),
         "recall_ablations": lambda: recall_figure(ctx),
     }
-    queries = sorted((ctx.run_dir / "search").glob("text-*.json"))
-    for q in queries:
-        jobs[f"search_{q.stem.removeprefix('text-')}"] = lambda q=q: search_figure(ctx, q)
-    if not queries:
-        def no_search() -> tuple[Any, str]:
-            raise Missing(f"no text query results (text-*.json) in {ctx.run_dir / 'search'}/", ctx.search_command)
-        jobs["search"] = no_search
-    jobs |= {"i2t_examples": lambda: i2t_figure(ctx), "zeroshot": lambda: zeroshot_figure(ctx),
-             "similarity": lambda: similarity_figure(ctx), "embeddings_pca": lambda: pca_figure(ctx)}
+    for kind, folder, pattern, draw, command in (
+            ("search", "search", "text-*.json", search_figure, ctx.commands.search),
+            ("zeroshot", "zeroshot", "*.json", zeroshot_figure, ctx.commands.zeroshot)):
+        found = sorted((ctx.run_dir / folder).glob(pattern))
+        for path in found:
+            jobs[f"{kind}_{path.stem.removeprefix('text-')}"] = lambda draw=draw, path=path: draw(ctx, path)
+        if not found:
+            def absent(folder: str = folder, pattern: str = pattern, command: str = command) -> tuple[Any, str]:
+                raise Missing(f"no results ({pattern}) in {ctx.run_dir / folder}/", command)
+            jobs[kind] = absent
+    jobs |= {"i2t_examples": lambda: i2t_figure(ctx), "similarity": lambda: similarity_figure(ctx),
+             "embeddings_pca": lambda: pca_figure(ctx)}
     return jobs
 
 
-def main(argv: list[str] | None = None) -> dict[str, dict[str, str]]:
+def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     parser = argparse.ArgumentParser(prog="python -m clip_lab figures", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results_dir", default="results", help="where runs and sweep summaries are")
     parser.add_argument("--run", default="baseline", help="the main run: <results_dir>/<run>/")
     parser.add_argument("--ablations", default="ablations", help="sweep name: <results_dir>/<name>.json and <name>/")
-    parser.add_argument("--zeroshot", default=None,
-                        help="zero-shot result <run>/zeroshot/<NAME>.json (default: the first one found)")
-    parser.add_argument("--out", default="report/figures", help="folder for the PNG and PDF files and figures.json")
+    parser.add_argument("--out", default=None,
+                        help="folder for the PNG and PDF files and figures.json (default report/<run>/figures)")
     args = parser.parse_args(argv)
     ctx = Context(args)
-    out = Path(args.out)
+    out = Path(args.out or Path("report") / args.run / "figures")
 
-    manifest: dict[str, dict[str, str]] = {}
+    manifest: dict[str, dict[str, Any]] = {}
     jobs = figures(ctx)
     width = max(map(len, jobs)) + 1
     for name, draw in jobs.items():
+        ctx.not_found = []
         try:
             fig, caption = draw()
         except Missing as m:
             manifest[name] = {"missing": m.what, "command": m.command}
             print(f"{name:<{width}} MISSING {m.what}; run: {m.command}")
             continue
-        manifest[name] = {**save(fig, out, name), "caption": caption}
-        print(f"{name:<{width}} {manifest[name]['png']} (+ .pdf)")
+        entry: dict[str, Any] = save(fig, out, name)
+        if ctx.not_found:  # never a silent grey square: the caption, the manifest and a warning say so
+            n = len(ctx.not_found)
+            caption += (f" {n} of its pictures could not be found and are grey squares: "
+                        + ", ".join(ctx.not_found[:3]) + (" and more" if n > 3 else "") + ".")
+            entry["images_not_found"] = ctx.not_found
+            log.warning("figure %s: %d pictures could not be found (neither the file nor the image cache), drawn as "
+                        "grey squares; first: %s", name, n, ctx.not_found[0])
+        manifest[name] = entry | {"caption": caption}
+        print(f"{name:<{width}} {entry['png']} (+ .pdf)")
     save_json(manifest, out / "figures.json")
     print(f"wrote {out / 'figures.json'}")
     return manifest

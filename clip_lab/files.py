@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import re
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -25,13 +25,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    # created like a plain open() would (mode 0o666 less the umask), so teammates read results/ as usual: mkstemp
+    # would leave the final file readable by its owner alone (0o600)
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:  # another writer drew the same name: draw again
+            continue
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -41,8 +48,12 @@ def save_torch(obj: Any, path: str | os.PathLike) -> None:
 
 
 def save_json(obj: Any, path: str | os.PathLike) -> None:
+    save_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", path)
+
+
+def save_text(text: str, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+        tmp.write_text(text)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:

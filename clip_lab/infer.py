@@ -1,4 +1,4 @@
-"""Inference shared by the zeroshot and search jobs: a checkpoint with its data settings, image embeddings, galleries, grids."""
+"""Inference shared by the zeroshot, search and embed jobs: a checkpoint with its data settings, embeddings, galleries."""
 
 from __future__ import annotations
 
@@ -17,8 +17,7 @@ import torch
 from torch import Tensor
 
 from clip_lab.augment import center_crop
-from clip_lab.data import image_cache
-from clip_lab.data import datasets
+from clip_lab.data import caption_cache, datasets, image_cache
 from clip_lab.data.split import CaptionedSplit
 from clip_lab.data.datamodule import RetrievalData
 from clip_lab.errors import ClipLabError
@@ -210,7 +209,8 @@ def image_gallery(ckpt: Checkpoint, split: CaptionedSplit) -> tuple[Tensor, np.n
     """
     hp = ckpt.data
     size = hp["cache_image_size"]
-    path = Path(hp["cache_dir"]) / f"gallery_{split.name}_{size}_crop{hp['image_size']}_{ckpt.sha256[:16]}.pt"
+    name = f"gallery_{split.name}_{split.fingerprint}_{size}_crop{hp['image_size']}_{ckpt.sha256[:16]}.pt"
+    path = Path(hp["cache_dir"]) / name
     meta = {"version": GALLERY_VERSION, "checkpoint_sha256": ckpt.sha256, "image_size": hp["image_size"],
             "image_cache": image_cache.expected_meta(split, size), "dim": ckpt.model.hparams.embed_dim}
     emb = _load_gallery(path, meta)
@@ -225,6 +225,25 @@ def image_gallery(ckpt: Checkpoint, split: CaptionedSplit) -> tuple[Tensor, np.n
         log.info("image gallery %s: reused", path)
     usable = np.setdiff1d(np.arange(len(emb)), image_cache.bad_image_indices(hp["cache_dir"], split, size))
     return emb[torch.from_numpy(usable)], usable, path
+
+
+def caption_gallery(ckpt: Checkpoint, split: CaptionedSplit) -> tuple[Tensor, Path]:
+    """(float16 `[n_captions, dim]` embeddings of every caption of `split`, their file), built when missing or stale:
+    the caption cache fit uses (the frozen text model's; it does not depend on the checkpoint), or for a checkpoint
+    with its own trained text encoder, that encoder's embeddings, named and checked by the checkpoint's hash."""
+    hp = ckpt.data
+    if ckpt.model.text_tower is None:
+        path = caption_cache.ensure_caption_cache(split, hp["cache_dir"], hp["text_model"], hp["max_length"],
+                                                  lambda: text_encoder(ckpt), hp["text_batch_size"])
+        meta = caption_cache.expected_meta(split, hp["text_model"], hp["max_length"])
+        return caption_cache.caption_embeddings(path, meta, split), path
+    path = Path(hp["cache_dir"]) / f"captions_{split.name}_{split.fingerprint}_ckpt{ckpt.sha256[:16]}.pt"
+    meta = {"version": caption_cache.CACHE_VERSION, "split": split.name, "fingerprint": split.fingerprint,
+            "annotation_sha256": split.annotation_sha256, "checkpoint_sha256": ckpt.sha256,
+            "n_captions": len(split.captions)}
+    if caption_cache.load_caption_cache(path, meta, split) is None:
+        caption_cache.build_caption_cache(split, text_encoder(ckpt), path, meta, hp["text_batch_size"])
+    return caption_cache.caption_embeddings(path, meta, split), path
 
 
 def _load_gallery(path: Path, meta: dict[str, Any]) -> Tensor | None:

@@ -24,7 +24,7 @@ from clip_lab.text_towers import LSTMTextTower, build_text_tower
 log = logging.getLogger(__name__)
 
 FIRST_CAPTION_PROTOCOL = (
-    "first caption only (what most course submissions report; NOT comparable with published COCO numbers): each "
+    "first caption only (what most course submissions report; NOT comparable with published numbers): each "
     "image is paired with its first caption alone and recall is read off the diagonal of that square matrix, so "
     "an image's other captions are not in the gallery; ties count against the model"
 )
@@ -282,7 +282,8 @@ class ClipLab(L.LightningModule):
             split = datamodule.split(datamodule.eval_split(stage))
             caption_emb, caption_image = targets
             self._examples = test_examples(image_emb, caption_emb.to(self.device), caption_image.to(self.device), split,
-                                           datamodule.eval_images(stage), datamodule.eval_captions(stage))
+                                           datamodule.eval_images(stage), datamodule.eval_captions(stage),
+                                           image_ref=lambda i: datamodule.image_ref(split, i))
         return metrics
 
     @staticmethod
@@ -325,11 +326,11 @@ class ClipLab(L.LightningModule):
         if metrics is None or not self.trainer.is_global_zero:
             return
         datamodule = self.trainer.datamodule
-        protocol = datamodule.protocol.record(int(metrics["n_images"]), int(metrics["n_captions"]))
+        protocol = datamodule.protocol_record(int(metrics["n_images"]), int(metrics["n_captions"]))
         if protocol["published_size"] is False:
-            log.warning("test: %d images evaluated where protocol %s has %d (unreadable images skipped?): the numbers "
-                        "are not exactly comparable with published ones", metrics["n_images"], protocol["name"],
-                        protocol["images"])
+            log.warning("test: %d images evaluated, not the %d of protocol %s: %s; the numbers are not exactly "
+                        "comparable with published ones", metrics["n_images"], protocol["images"], protocol["name"],
+                        protocol["size_note"])
         result = {
             "dataset": datamodule.hparams.dataset,
             "split": datamodule.hparams.test_split,

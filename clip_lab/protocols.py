@@ -31,13 +31,25 @@ class Protocol:
     captions_per_image: int | None = None
     images: int | None = None
 
-    def record(self, n_images: int, n_captions: int) -> dict[str, Any]:
-        """What a result file says about its protocol, with the gallery actually evaluated."""
+    def record(self, n_images: int, n_captions: int, split_images: int | None = None,
+               unreadable: int = 0) -> dict[str, Any]:
+        """What a result file says about its protocol, with the gallery actually evaluated: `n_images` of the test
+        split's `split_images`, `unreadable` of them skipped; `size_note` says why that is not the published size."""
         out = asdict(self)
         out.pop("applies_to")
+        published = None if self.images is None else n_images == self.images
+        notes = []
+        if published is False and split_images is not None and split_images != self.images:
+            notes.append(f"the test split has {split_images:,} images, not the {self.images:,} of protocol {self.name} "
+                         "(a subset of the dataset, or another split)")
+        if unreadable:
+            notes.append(f"{unreadable:,} unreadable images of the split were skipped")
+        if published is False and not notes:
+            notes.append(f"{n_images:,} images were evaluated where protocol {self.name} has {self.images:,}")
         return out | {"rule": RULE, "gallery_images": n_images, "gallery_captions": n_captions,
-                      "gallery_images_per_fold": n_images // self.folds,
-                      "published_size": None if self.images is None else n_images == self.images}
+                      "gallery_images_per_fold": n_images // self.folds, "split_images": split_images,
+                      "unreadable_skipped": unreadable, "published_size": published,
+                      "size_note": "; ".join(notes) if published is False else None}
 
 
 PROTOCOLS = {p.name: p for p in (

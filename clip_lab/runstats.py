@@ -1,4 +1,4 @@
-"""Hardware and time of a fit: `results/<run>/run_stats.json`, rewritten atomically after every epoch."""
+"""Hardware, data and time of a fit: `results/<run>/run_stats.json`, rewritten atomically after every epoch."""
 
 from __future__ import annotations
 
@@ -50,7 +50,9 @@ class RunStats(Callback):
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._t_fit = self._now(pl_module)
-        self.stats = {"hardware": hardware(trainer), "epochs": [], "fit_seconds": None, "finished": False}
+        data = trainer.datamodule.describe() if hasattr(trainer.datamodule, "describe") else None
+        self.stats = {"hardware": hardware(trainer), "data": data, "epochs": [], "fit_seconds": None,
+                      "finished": False}
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         earlier = Path(trainer.log_dir or "") / "run_stats.json"

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 import numpy as np
 from torch import Tensor
 
-from clip_lab.data.caption_cache import (CACHE_VERSION, build_caption_cache, caption_embeddings, ensure_caption_cache,
-                                         expected_meta, load_caption_cache)
+from clip_lab.data import image_cache
 from clip_lab.data.split import CaptionedSplit
 from clip_lab.errors import ClipLabError
-from clip_lab.files import atomic_path, save_json, sha256_file
+from clip_lab.files import atomic_path, save_json
 from clip_lab.index import KINDS, IndexSpec, open_index
 from clip_lab.infer import (
     Checkpoint,
     add_checkpoint_args,
+    caption_gallery,
     embed_files,
     image_gallery,
     load_checkpoint,
@@ -28,44 +29,39 @@ from clip_lab.infer import (
     slug,
     text_encoder,
 )
+from clip_lab.text import knows_no_word
 
-
-def caption_gallery(ckpt: Checkpoint, split: CaptionedSplit) -> tuple[Tensor, Path]:
-    """(float16 `[n_captions, dim]` embeddings of every caption of `split`, their file), built when missing or stale:
-    the caption cache fit uses (the frozen text model's; it does not depend on the checkpoint), or for a checkpoint
-    with its own trained text encoder, that encoder's embeddings, named and checked by the checkpoint's hash."""
-    hp = ckpt.data
-    if ckpt.model.text_tower is None:
-        path = ensure_caption_cache(split, hp["cache_dir"], hp["text_model"], hp["max_length"],
-                                    lambda: text_encoder(ckpt), hp["text_batch_size"])
-        return caption_embeddings(path, expected_meta(split, hp["text_model"], hp["max_length"]), split), path
-    path = Path(hp["cache_dir"]) / f"captions_{split.name}_ckpt{ckpt.sha256[:16]}.pt"
-    meta = {"version": CACHE_VERSION, "split": split.name, "annotation_sha256": sha256_file(split.annotation_file),
-            "checkpoint_sha256": ckpt.sha256, "n_captions": len(split.captions)}
-    if load_caption_cache(path, meta, split) is None:
-        build_caption_cache(split, text_encoder(ckpt), path, meta, hp["text_batch_size"])
-    return caption_embeddings(path, meta, split), path
+log = logging.getLogger(__name__)
 
 
 def search_images(ckpt: Checkpoint, split: CaptionedSplit, text: str, k: int, figure: Path,
                   spec: IndexSpec = IndexSpec()) -> dict:
     """The top-k images of `split` for `text` through the index `spec`, and a grid of them (rank, score) saved to
     `figure`."""
+    encoder = text_encoder(ckpt)
+    unknown = encoder.unknown_words([text])
+    if unknown:  # they embed as the unknown token: results that look sure would not reflect them
+        log.warning("query %r: %s not in the text encoder's vocabulary (read as its unknown token); %s", text,
+                    ", ".join(map(repr, unknown)), "the ranking says nothing about the query" if
+                    knows_no_word(encoder, text) else "the ranking rests on the other words alone")
     gallery, usable, cache = image_gallery(ckpt, split)
-    query = text_encoder(ckpt).encode([text])[0].cpu()
+    query = encoder.encode([text])[0].cpu()
     searcher = open_index(spec, gallery, cache, ckpt.device)
     scores, rows = searcher.top_k(query, k)
     index = usable[rows].tolist()
     start = split.caption_start
+    hp = ckpt.data
     results = [{"rank": r + 1, "score": s, "image_id": int(split.image_ids[i]), "file_name": split.file_names[i],
-                "caption": split.captions[start[i]] if start[i + 1] > start[i] else None}
+                "caption": split.captions[start[i]] if start[i + 1] > start[i] else None,
+                **image_cache.image_ref(hp["cache_dir"], split, hp["cache_image_size"], i)}
                for r, (s, i) in enumerate(zip(scores, index))]
     size = ckpt.data["cache_image_size"]
     save_image_grid(figure, [model_view(read_image(split.image_path(i), size), ckpt.data["image_size"]) for i in index],
                     [f"#{r['rank']}  {r['score']:.3f}" for r in results],
                     suptitle=f'"{text}": top {len(index)} of {split.name}', cols=5)
-    return {"query": {"text": text}, "gallery": {"kind": "images", "n": len(gallery), "cache": str(cache)},
-            "index": searcher.describe(), "results": results}
+    return {"query": {"text": text, "unknown_words": unknown},
+            "gallery": {"kind": "images", "n": len(gallery), "cache": str(cache)}, "index": searcher.describe(),
+            "results": results}
 
 
 def search_captions(ckpt: Checkpoint, split: CaptionedSplit, image: Path, k: int, figure: Path,

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 from clip_lab import cli
 from clip_lab.errors import ClipLabError
-from clip_lab.files import atomic_path, save_json
+from clip_lab.files import save_json, save_text
 from clip_lab.tables import markdown_table
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(args.results_dir) / f"{args.name}.json"
     save_json(result, out)
     table = markdown(summary, seeds, args.variants)
-    with atomic_path(out.with_suffix(".md")) as tmp:
-        tmp.write_text(table)
+    save_text(table, out.with_suffix(".md"))
     print(f"\n{table}\nwritten: {out} and {out.with_suffix('.md')}")
     return result

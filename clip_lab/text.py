@@ -6,6 +6,7 @@ import hashlib
 import itertools
 import logging
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,6 +23,9 @@ from clip_lab.files import sha256_file
 log = logging.getLogger(__name__)
 
 DEFAULT_TEXT_MODEL = "openai/clip-vit-base-patch32"
+# what `tokenizer_unknown_words` calls a word: a run of letters and digits. Punctuation is left out: outside a
+# vocabulary (the demo's has no ".") it carries no meaning, and every "a photo of a {}." template would warn
+WORD = re.compile(r"\w+")
 
 
 def load_pretrained(cls: Any, name: str, **kwargs: Any) -> Any:
@@ -72,6 +76,27 @@ def load_model(cls: Any, name: str) -> nn.Module:
                            "which would stay random. Fix: point it at a CLIP checkpoint that holds this tower "
                            "(e.g. openai/clip-vit-base-patch32, or a folder saved from a full CLIPModel)")
     return model
+
+
+def tokenizer_unknown_words(tokenizer: Any, texts: Sequence[str]) -> list[str]:
+    """The words of `texts` (as written, each once) that a Hugging Face tokenizer turns into its unknown token only.
+
+    A tokenizer without an unknown token (`unk_token_id` None) knows every word; byte-level BPE (OpenAI's CLIP) has
+    one but never produces it, so it too reports none. Each word is tokenized alone: word-level and WordPiece
+    tokenizers map a word the same wherever it stands.
+    """
+    unk = getattr(tokenizer, "unk_token_id", None)
+    found = list(dict.fromkeys(w for text in texts for w in WORD.findall(text)))
+    if unk is None or not found:
+        return []
+    ids = tokenizer(found, add_special_tokens=False)["input_ids"]
+    return [w for w, i in zip(found, ids) if i and all(t == unk for t in i)]
+
+
+def knows_no_word(encoder: Any, text: str) -> bool:
+    """Whether `text` has words and `encoder` (anything with `unknown_words`) reads every one as unknown."""
+    found = WORD.findall(text)
+    return bool(found) and all(encoder.unknown_words([w]) for w in found)
 
 
 class _BelowError(logging.Filter):
@@ -141,6 +166,10 @@ class TextEncoder(nn.Module):
 
     def train(self, mode: bool = True) -> TextEncoder:
         return super().train(False)  # frozen: dropout and friends stay off whatever the caller asks
+
+    def unknown_words(self, texts: Sequence[str]) -> list[str]:
+        """The words of `texts` the tokenizer reads as its unknown token only (see `tokenizer_unknown_words`)."""
+        return tokenizer_unknown_words(self.tokenizer, texts)
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text, truncated to `max_length` (start and end tokens included), without padding.

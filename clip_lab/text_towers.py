@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clip_lab.errors import ClipLabError
-from clip_lab.text import load_model, load_pretrained
+from clip_lab.text import load_model, load_pretrained, tokenizer_unknown_words
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,8 @@ def masked_mean(states: Tensor, mask: Tensor) -> Tensor:
 
 
 class TextTower(nn.Module):
-    """What the module and the inference jobs use of a trainable text encoder: `tokenize`, `forward`, `encode`.
+    """What the module and the inference jobs use of a trainable text encoder: `tokenize`, `forward`, `encode`,
+    `unknown_words`.
 
     `body` holds the parameters trained at `model.text_lr`; `proj` (into the shared embedding space) trains at
     `model.lr` like the image head.
@@ -50,6 +51,10 @@ class TextTower(nn.Module):
     proj: nn.Module
 
     def tokenize(self, texts: Sequence[str]) -> Tensor:
+        raise NotImplementedError
+
+    def unknown_words(self, texts: Sequence[str]) -> list[str]:
+        """The words of `texts` (each once) that tokenize to unknown tokens only, as `TextEncoder.unknown_words`."""
         raise NotImplementedError
 
     def features(self, tokens: Tensor) -> Tensor:
@@ -140,6 +145,10 @@ class LSTMTextTower(TextTower):
         self._warn_truncated(truncated, len(texts), self.max_length, "LSTM words")
         return out
 
+    def unknown_words(self, texts: Sequence[str]) -> list[str]:
+        """The words of `texts` (lower-cased, as `tokenize` reads them, each once) outside the vocabulary: UNK."""
+        return list(dict.fromkeys(w for text in texts for w in words(text) if w not in self._index))
+
     def features(self, tokens: Tensor) -> Tensor:
         mask = tokens > 0
         lengths = mask.sum(1, keepdim=True)
@@ -193,6 +202,9 @@ class TransformerTextTower(TextTower):
             lengths = [len(x) for x in self.tokenizer([texts[i] for i in full])["input_ids"]]
             self._warn_truncated(sum(n > self.max_length for n in lengths), len(texts), self.max_length, self.name)
         return ((ids + 1) * mask).to(torch.int32)  # shifted by one: 0 is padding, whatever the tokenizer's pad id
+
+    def unknown_words(self, texts: Sequence[str]) -> list[str]:
+        return tokenizer_unknown_words(self.tokenizer, texts)
 
     def features(self, tokens: Tensor) -> Tensor:
         mask = tokens > 0

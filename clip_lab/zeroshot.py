@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -13,7 +15,7 @@ import torch.nn.functional as F
 import yaml
 from torch import Tensor
 
-from clip_lab.data import datasets
+from clip_lab.data import datasets, image_cache
 from clip_lab.errors import ClipLabError
 from clip_lab.files import save_json
 from clip_lab.infer import (
@@ -31,12 +33,21 @@ from clip_lab.infer import (
     slug,
     text_encoder,
 )
-from clip_lab.text import TextEncoder
+from clip_lab.text import TextEncoder, knows_no_word
 from clip_lab.text_towers import TextTower
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "configs" / "prompts.yaml"
 LABEL_KEY = "demo_shapes"  # image entries of the demo's captions json list the shapes drawn: the ground truth
 PRINT_ROWS = 20  # per-image lines printed; the JSON holds them all
+# Classes whose cosines with an image are within TIE_TOL of each other tie. Identical class embeddings give bitwise
+# equal float32 cosines in practice; summed in another order, the 512-1024 products of two unit vectors differ by
+# ~1e-7 (float32 rounding, measured 4e-8 at 512; bf16 or fp16 embeddings change nothing, as equal embeddings round
+# equally and the scores are float32). 1e-5 is 100x that, yet far below what bf16 embeddings resolve (~4e-3 of a
+# cosine), so no difference the model could mean is called a tie. Near-duplicate embeddings (equal prompts encoded
+# in batches of other shapes on a GPU) are not caught; the unknown-word warnings name the usual cause of equal ones.
+TIE_TOL = 1e-5
+
+log = logging.getLogger(__name__)
 
 
 def load_templates(path: str | Path) -> list[str]:
@@ -70,9 +81,43 @@ def class_embeddings(encoder: TextEncoder | TextTower, classes: Sequence[str], t
     return F.normalize(emb.mean(dim=1), dim=-1)
 
 
-def class_probabilities(image_emb: Tensor, class_emb: Tensor, logit_scale: float) -> Tensor:
+def class_scores(image_emb: Tensor, class_emb: Tensor) -> Tensor:
+    """`[n_images, n_classes]` float32 cosines (both sides are L2-normalized); float32 keeps ties exact (TIE_TOL)."""
+    return image_emb.float() @ class_emb.float().T
+
+
+def class_probabilities(scores: Tensor, logit_scale: float) -> Tensor:
     """Softmax over classes of `logit_scale * cosine`: the temperature the model learned in training."""
-    return (logit_scale * image_emb @ class_emb.T).softmax(dim=-1)
+    return (logit_scale * scores).softmax(dim=-1)
+
+
+def top_classes(scores: Tensor, tol: float = TIE_TOL) -> list[list[int]]:
+    """Per row of `scores`, the columns within `tol` of its best: one class, or every class tied for the top."""
+    best = scores.max(dim=1, keepdim=True).values
+    return [row.nonzero().flatten().tolist() for row in scores >= best - tol]
+
+
+def warn_unknown_words(encoder: TextEncoder | TextTower, classes: Sequence[str], templates: Sequence[str]) -> dict:
+    """Warn about class-name and template words the text encoder reads as its unknown token; return them by class.
+
+    A class none of whose words is known embeds as its templates around unknown tokens, whatever its name says: it
+    ties with every other such class of as many words, and its score says nothing about the class.
+    """
+    by_class = {c: words for c in classes if (words := encoder.unknown_words([c]))}
+    blind = [c for c in by_class if knows_no_word(encoder, c)]
+    in_templates = encoder.unknown_words([t.replace("{}", " ") for t in templates])
+    if blind:
+        log.warning("zero-shot classes %s: none of their words is in the text encoder's vocabulary, so their prompts "
+                    "are the templates alone around unknown tokens and their scores say nothing about them",
+                    ", ".join(map(repr, blind)))
+    partly = {c: w for c, w in by_class.items() if c not in blind}
+    if partly:
+        log.warning("zero-shot class words outside the text encoder's vocabulary (read as its unknown token): %s",
+                    "; ".join(f"{c!r}: {', '.join(w)}" for c, w in partly.items()))
+    if in_templates:
+        log.warning("prompt template words outside the text encoder's vocabulary (read as its unknown token): %s",
+                    ", ".join(in_templates))
+    return {"classes": by_class, "templates": in_templates}
 
 
 def split_labels(annotation_file: Path, image_ids: Sequence[int]) -> list[list[str]] | None:
@@ -99,6 +144,7 @@ class Images:
     names: list[str]
     labels: list[list[str]] | None  # per image, the classes that count as correct; None without ground truth
     pixels: Callable[[int], np.ndarray]  # the i-th image as stored (for the figure)
+    refs: list[dict[str, Any]]  # per image, where a picture of it is found again (the report's figures)
 
 
 def load_images(ckpt: Checkpoint, images: str, classes: list[str]) -> Images:
@@ -112,7 +158,8 @@ def load_images(ckpt: Checkpoint, images: str, classes: list[str]) -> Images:
         labels = split_labels(split.annotation_file, split.image_ids[usable]) if coco_format else None
         source = {"kind": "split", "split": split.name, "gallery": str(gallery),
                   "skipped_unreadable": len(split.file_names) - len(usable)}
-        return Images(source, emb, names, labels, lambda i: read_image(split.image_path(int(usable[i])), size))
+        refs = [image_cache.image_ref(ckpt.data["cache_dir"], split, size, int(i)) for i in usable]
+        return Images(source, emb, names, labels, lambda i: read_image(split.image_path(int(usable[i])), size), refs)
     if not Path(images).exists():
         known = ", ".join(datasets.split_names(ckpt.data["dataset"]))
         raise ClipLabError(f"--images {images}: no such file or folder, and not a split of the checkpoint's dataset "
@@ -122,7 +169,7 @@ def load_images(ckpt: Checkpoint, images: str, classes: list[str]) -> Images:
     names = [str(f.relative_to(root)) if root.is_dir() else f.name for f in files]
     source = {"kind": "folder" if root.is_dir() else "file", "path": str(root)}
     return Images(source, embed_files(ckpt, files), names, folder_labels(root, files, classes),
-                  lambda i: read_image(files[i], size))
+                  lambda i: read_image(files[i], size), [{"file": str(f)} for f in files])
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -142,17 +189,30 @@ def main(argv: list[str] | None = None) -> dict:
     ckpt = load_checkpoint(args)
     images = load_images(ckpt, args.images, classes)
     names, labels = images.names, images.labels
-    class_emb = class_embeddings(text_encoder(ckpt), classes, templates)
-    probs = class_probabilities(images.embeddings, class_emb, ckpt.logit_scale)
-    best = probs.argmax(dim=1).tolist()
+    encoder = text_encoder(ckpt)
+    unknown = warn_unknown_words(encoder, classes, templates)
+    class_emb = class_embeddings(encoder, classes, templates)
+    scores = class_scores(images.embeddings, class_emb)
+    probs = class_probabilities(scores, ckpt.logit_scale)
+    tops = top_classes(scores)
 
     predictions = []
     for i, name in enumerate(names):
-        row = {"image": name, "predicted": classes[best[i]], "probability": round(float(probs[i, best[i]]), 5),
-               "probs": {c: round(float(p), 5) for c, p in zip(classes, probs[i].tolist())}}
+        # a tie predicts no class (`predicted` null, the tied classes in `tied`) and is never right: as in retrieval,
+        # a tie counts against the model, not as whichever class happens to come first
+        tied = [classes[j] for j in tops[i]] if len(tops[i]) > 1 else []
+        predicted = None if tied else classes[tops[i][0]]
+        row = {"image": name, "predicted": predicted, "tied": tied,
+               "probability": round(float(probs[i, tops[i][0]]), 5),
+               "probs": {c: round(float(p), 5) for c, p in zip(classes, probs[i].tolist())}, **images.refs[i]}
         if labels is not None:
-            row["truth"], row["correct"] = labels[i], classes[best[i]] in labels[i]
+            row["truth"], row["correct"] = labels[i], predicted is not None and predicted in labels[i]
         predictions.append(row)
+    n_tied = sum(bool(r["tied"]) for r in predictions)
+    if n_tied:
+        common = Counter("/".join(r["tied"]) for r in predictions if r["tied"]).most_common(1)[0][0]
+        log.warning("%d of %d images have two or more classes tied for the top score (cosines within %g; most often "
+                    "%s): each counts as a wrong prediction", n_tied, len(predictions), TIE_TOL, common)
     accuracy = chance = None
     if labels is not None:
         accuracy = sum(r["correct"] for r in predictions) / len(predictions)
@@ -163,7 +223,8 @@ def main(argv: list[str] | None = None) -> dict:
     figure = out.with_suffix(".png")
     result = {"checkpoint": str(ckpt.path), "images": args.images, "source": images.source, "classes": classes,
               "templates": templates, "templates_file": str(args.templates), "logit_scale": ckpt.logit_scale,
-              "n_images": len(names), "accuracy": accuracy, "chance": chance, "predictions": predictions,
+              "n_images": len(names), "accuracy": accuracy, "chance": chance, "tied_images": n_tied,
+              "unknown_words": unknown, "predictions": predictions,
               "json": str(out), "figure": str(figure)}
     shown = range(min(max(args.show, 1), len(names)))
     colors = [("green" if predictions[i]["correct"] else "red") if labels else "black" for i in shown]
@@ -175,9 +236,13 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
+def _label(row: dict) -> str:
+    return f"tie {'/'.join(row['tied'])}" if row["tied"] else row["predicted"]
+
+
 def _title(row: dict) -> str:
     truth = f"\ntruth: {'/'.join(dict.fromkeys(row['truth']))}" if "truth" in row else ""
-    return f"{row['predicted']} {row['probability']:.2f}{truth}"
+    return f"{_label(row)} {row['probability']:.2f}{truth}"
 
 
 def _print(result: dict) -> None:
@@ -188,11 +253,14 @@ def _print(result: dict) -> None:
     for r in preds[:PRINT_ROWS]:
         top = sorted(r["probs"].items(), key=lambda kv: -kv[1])[:3]
         truth = f"  truth: {'/'.join(dict.fromkeys(r['truth']))}" if "truth" in r else ""
-        print(f"{r['image'][-width:]:<{width}}  {r['predicted']:<12} {r['probability']:.3f}   "
+        print(f"{r['image'][-width:]:<{width}}  {_label(r):<12} {r['probability']:.3f}   "
               + "  ".join(f"{c} {p:.3f}" for c, p in top) + truth)
     if len(preds) > PRINT_ROWS:
         print(f"... {len(preds) - PRINT_ROWS} more in {result['json']}")
     if result["accuracy"] is not None:
         a, c = result["accuracy"], result["chance"]
-        print(f"accuracy {a:.3f}   chance {c:.3f}   ({a / c:.1f} x chance)" if c else f"accuracy {a:.3f}")
+        ties = f"   {result['tied_images']} tied images counted wrong" if result["tied_images"] else ""
+        print((f"accuracy {a:.3f}   chance {c:.3f}   ({a / c:.1f} x chance)" if c else f"accuracy {a:.3f}") + ties)
+    elif result["tied_images"]:
+        print(f"{result['tied_images']} images with tied top classes")
     print(f"wrote {result['json']} and {result['figure']}")

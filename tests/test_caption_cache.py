@@ -21,7 +21,8 @@ def test_round_trip_and_invalidation(demo_root, text_model, tmp_path):
     shutil.copytree(demo_root, root)
     split = load_coco_split(root, "val2014")
     encoder = TextEncoder(text_model, max_length=32)
-    path = caption_cache_path(tmp_path / "cache", "val2014", text_model, 32)
+    path = caption_cache_path(tmp_path / "cache", split, text_model, 32)
+    assert path.name.startswith(f"captions_val2014_{split.fingerprint}_") and path.name.endswith("_L32.pt")
     meta = expected_meta(split, text_model, 32)
     assert load_caption_cache(path, meta, split) is None  # nothing yet
     build_caption_cache(split, encoder, path, meta, batch_size=50)
@@ -41,19 +42,20 @@ def test_round_trip_and_invalidation(demo_root, text_model, tmp_path):
     data["annotations"][0]["caption"] = "a purple cross"
     ann.write_text(json.dumps(data))
     edited = load_coco_split(root, "val2014")
-    assert load_caption_cache(path, expected_meta(edited, text_model, 32), edited) is None
+    assert caption_cache_path(tmp_path / "cache", edited, text_model, 32) != path  # other data, another file
+    assert load_caption_cache(path, expected_meta(edited, text_model, 32), edited) is None  # and here: stale
     # a truncated file: unreadable, not trusted
     path.write_bytes(path.read_bytes()[:100])
     assert load_caption_cache(path, meta, split) is None
 
 
-def test_prepare_data_rebuilds_a_stale_cache(demo_root, text_model, tmp_path):
+def test_prepare_data_builds_a_new_cache_for_edited_annotations(demo_root, text_model, tmp_path):
     root = tmp_path / "coco"
     shutil.copytree(demo_root, root)
     kwargs = dict(data_root=str(root), text_model=text_model, max_length=32, cache_dir=str(tmp_path / "cache"))
     dm = RetrievalData(**kwargs)
     dm.prepare_data()
-    path = caption_cache_path(tmp_path / "cache", "val2014", text_model, 32)
+    path = caption_cache_path(tmp_path / "cache", dm.split("val2014"), text_model, 32)
     first = torch.load(path, weights_only=True)
     ann = root / "annotations" / "captions_val2014.json"
     data = json.loads(ann.read_text())
@@ -61,7 +63,9 @@ def test_prepare_data_rebuilds_a_stale_cache(demo_root, text_model, tmp_path):
     ann.write_text(json.dumps(data))
     dm = RetrievalData(**kwargs)
     dm.prepare_data()
-    second = torch.load(path, weights_only=True)
+    edited = caption_cache_path(tmp_path / "cache", dm.split("val2014"), text_model, 32)
+    assert edited != path and torch.equal(torch.load(path, weights_only=True)["embeddings"], first["embeddings"])
+    second = torch.load(edited, weights_only=True)
     assert first["meta"]["annotation_sha256"] != second["meta"]["annotation_sha256"]
     assert not torch.equal(first["embeddings"][0], second["embeddings"][0])
     assert torch.equal(first["embeddings"][1:], second["embeddings"][1:])

@@ -3,11 +3,13 @@ checkpoints, one-line errors."""
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import torch
 
 from clip_lab.__main__ import main
+from clip_lab.data.synthetic import make_demo_dataset
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -83,3 +85,47 @@ def test_fit_records_time_and_hardware_and_test_keeps_examples_for_the_report(tr
     shown = [row[im["image_id"]] for im in sim["images"]]
     diagonal = (emb["image"][shown].float() * emb["caption"][shown].float()).sum(dim=1)
     assert torch.allclose(torch.tensor(sim["matrix"]).diagonal(), diagonal, atol=3e-3)
+
+
+def test_a_split_smaller_than_one_batch_stops_at_once_with_one_line(demo_root, tmp_path, run_args, capsys):
+    args = ["fit", "-c", str(CONFIGS / "coco.yaml"), "-c", str(CONFIGS / "demo.yaml"), *run_args(demo_root, tmp_path),
+            "--data.batch_size", "512"]
+    assert main(args) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("INFO")]
+    assert len(err) == 1 and "train2014 has 256 images with captions, fewer than one batch of 512" in err[0]
+    assert "--data.batch_size (at most 256)" in err[0]
+    assert not (tmp_path / "cache").exists()  # before any cache is built
+    assert not (tmp_path / "results" / "t" / "config.yaml").exists()
+
+
+def test_unreadable_images_that_leave_less_than_a_batch_stop_before_training(tmp_path, run_args, capsys):
+    root = make_demo_dataset(tmp_path / "small", n_train=10, n_val=8, seed=3)
+    victim = sorted((root / "train2014").iterdir())[4]
+    victim.write_bytes(b"not a jpeg")
+    args = ["fit", "-c", str(CONFIGS / "coco.yaml"), "-c", str(CONFIGS / "demo.yaml"), *run_args(root, tmp_path),
+            "--data.batch_size", "10", "--data.max_bad_images", "0.2"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and "train2014 has 9 images with captions (1 unreadable skipped), fewer than one batch of 10" in err
+    assert not (tmp_path / "results" / "t" / "config.yaml").exists() and not (tmp_path / "results" / "t" / "checkpoints").exists()
+
+
+def test_test_without_a_checkpoint_uses_the_runs_best_or_stops(trained_run, tmp_path, capsys):
+    results = tmp_path / "results"
+    shutil.copytree(trained_run / "checkpoints", results / "t" / "checkpoints")
+    config = ["test", "-c", str(trained_run / "config.yaml"), "--results_dir", str(results)]
+    assert main([*config, "--run", "t"]) == 0
+    result = json.loads((results / "t" / "test_metrics.json").read_text())
+    assert result["checkpoint"] == str(results / "t" / "checkpoints" / "best.ckpt")
+    assert result["metrics"] == json.loads((trained_run / "test_metrics.json").read_text())["metrics"]
+
+    assert main([*config, "--run", "untrained"]) == 2  # no checkpoint: no test of random weights, nothing written
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert len(err) == 1 and "test needs trained weights" in err[0] and "--ckpt_path" in err[0]
+    assert not (results / "untrained").exists()
+
+
+def test_predict_is_no_job_and_says_where_embeddings_come_from(capsys):
+    assert main(["predict", "-c", str(CONFIGS / "coco.yaml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown job 'predict'" in err[0] and "python -m clip_lab embed" in err[0]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from clip_lab.data import image_cache
 from clip_lab.data.coco import check_coco_files, load_coco_split
 from clip_lab.data.datamodule import RetrievalData
 from clip_lab.data.sampling import PairBatchSampler
@@ -86,8 +87,8 @@ def test_datamodule_batches_on_generated_data(demo_root, text_model, tmp_path):
                            image_size=32, cache_image_size=40, batch_size=16, eval_batch_size=40, num_workers=0,
                            val_images=50)
     dm.prepare_data()
-    assert sorted(p.name for p in tmp_path.glob("images_*")) == [
-        "images_train2014_40.json", "images_train2014_40.npy", "images_val2014_40.json", "images_val2014_40.npy"]
+    paths = [p.name for s in ("train2014", "val2014") for p in image_cache.image_cache_paths(tmp_path, dm.split(s), 40)]
+    assert sorted(p.name for p in tmp_path.glob("images_*")) == sorted(paths)
     dm.setup("fit")
     images, text, index = next(iter(dm.train_dataloader()))
     # the loader gives stored pixels, NHWC uint8 as cached; the device-side hook makes the model's view
@@ -100,7 +101,7 @@ def test_datamodule_batches_on_generated_data(demo_root, text_model, tmp_path):
     start = split.caption_start
     for row, i in enumerate(index.tolist()):
         assert any(torch.equal(text[row], emb[c]) for c in range(start[i], start[i + 1]))
-    cache = np.load(tmp_path / "images_train2014_40.npy", mmap_mode="r")
+    cache = np.load(image_cache.image_cache_paths(tmp_path, split, 40)[0], mmap_mode="r")
     assert torch.equal(images, torch.from_numpy(cache[index.numpy()]))
     view = dm.on_after_batch_transfer((images, text, index), 0)[0]
     assert view.shape == (16, 3, 32, 32) and torch.equal(view, images[:, 4:36, 4:36].permute(0, 3, 1, 2))

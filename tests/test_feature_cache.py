@@ -45,7 +45,7 @@ def test_round_trip_equals_the_tower_and_is_reused(split, clip_model, tmp_path, 
     assert cache["pooled"].shape == (n, 128) and cache["embeds"].shape == (n, 128)
     assert cache["pooled"].dtype == cache["embeds"].dtype == torch.float16
     assert cache["meta"]["input_size"] == 64 and cache["meta"]["model"] == clip_model
-    assert feature_cache_path(tmp_path, split.name, clip_model, SIZE).is_file()
+    assert feature_cache_path(tmp_path, split, clip_model, SIZE).is_file()
     assert not list(tmp_path.glob("*.tmp")) and builds == [clip_model]
     pooled, embeds = direct(clip_model, tmp_path, split)  # one batch of all: rows do not depend on batching
     torch.testing.assert_close(cache["pooled"].float(), pooled, atol=2e-3, rtol=2e-3)
@@ -80,7 +80,7 @@ def test_another_model_or_image_size_rebuilds(split, clip_model, tmp_path, build
 
 def test_truncated_file_is_rebuilt(split, clip_model, tmp_path, builds, caplog):
     first = ensure_feature_cache(split, tmp_path, SIZE, clip_model, "cpu")
-    path = feature_cache_path(tmp_path, split.name, clip_model, SIZE)
+    path = feature_cache_path(tmp_path, split, clip_model, SIZE)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with caplog.at_level(logging.WARNING, logger=feature_cache.__name__):
         again = ensure_feature_cache(split, tmp_path, SIZE, clip_model, "cpu")

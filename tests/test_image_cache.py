@@ -1,4 +1,5 @@
-"""The image cache: pixels equal the reference decode, metadata round trip, staleness, bad images, atomic writes."""
+"""The image cache: pixels equal the reference decode and the GPU path's, metadata round trip, staleness, bad images,
+atomic writes."""
 
 import json
 import shutil
@@ -31,9 +32,12 @@ def test_cache_holds_each_image_decoded_once_in_split_order(demo_root, tmp_path)
         assert np.array_equal(images[i], image_cache.decode_pil(split.image_path(i), 40))
     reopened = image_cache.open_image_cache(tmp_path, split, 40)
     assert reopened is not None and np.array_equal(np.asarray(reopened), np.asarray(images))
-    meta = json.loads((tmp_path / "images_val2014_40.json").read_text())
+    npy, meta_file = image_cache.image_cache_paths(tmp_path, split, 40)
+    assert (npy.name, meta_file.name) == (f"images_val2014_{split.fingerprint}_40.npy",
+                                          f"images_val2014_{split.fingerprint}_40.json")
+    meta = json.loads(meta_file.read_text())
     assert meta == image_cache.expected_meta(split, 40) | {"bad_images": []}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["images_val2014_40.json", "images_val2014_40.npy"]
+    assert sorted(tmp_path.iterdir()) == [meta_file, npy]
     assert image_cache.open_image_cache(tmp_path, split, 48) is None  # another resolution is another cache
     serial = image_cache.build_image_cache(tmp_path / "serial", split, 40, "cpu", workers=1)
     assert np.array_equal(np.asarray(serial), np.asarray(images))
@@ -53,15 +57,20 @@ def test_changed_annotations_or_damaged_files_make_the_cache_stale(demo_root, tm
     raw["annotations"] = [a for a in raw["annotations"] if a["image_id"] != raw["images"][-1]["id"] + 1]
     ann.write_text(json.dumps(raw))
     changed = load_coco_split(root, "val2014")
+    assert changed.fingerprint != split.fingerprint  # other data: a file of its own, not there yet
+    assert image_cache.open_image_cache(cache, changed, 32) is None and "stale" not in caplog.text
+    # the old cache under the new name (copied or renamed by hand): its metadata tells it apart
+    for old, new in zip(*(image_cache.image_cache_paths(cache, s, 32) for s in (split, changed))):
+        shutil.copy(old, new)
     assert image_cache.open_image_cache(cache, changed, 32) is None
     assert "annotation_sha256" in caplog.text and "image_list_sha256" in caplog.text and "n_images" in caplog.text
 
     image_cache.build_image_cache(cache, changed, 32, "cpu", workers=1)
     assert image_cache.open_image_cache(cache, changed, 32).shape[0] == len(changed.file_names) == 95
-    (cache / "images_val2014_32.json").write_text("{not json")
+    npy, meta_file = image_cache.image_cache_paths(cache, changed, 32)
+    meta_file.write_text("{not json")
     assert image_cache.open_image_cache(cache, changed, 32) is None
     image_cache.build_image_cache(cache, changed, 32, "cpu", workers=1)
-    npy = cache / "images_val2014_32.npy"
     npy.write_bytes(npy.read_bytes()[: npy.stat().st_size // 2])  # truncated pixels, metadata intact
     assert image_cache.open_image_cache(cache, changed, 32) is None
 
@@ -121,7 +130,7 @@ def test_odd_but_readable_images_become_rgb_and_broken_or_absent_ones_are_skippe
     skipped = image_cache.bad_image_indices(cache, split, 16).tolist()
     assert [names[i] for i in skipped] == bad
     assert "4 of 13 images unreadable or absent, skipped" in caplog.text
-    meta = json.loads((cache / "images_odd_16.json").read_text())
+    meta = json.loads(image_cache.image_cache_paths(cache, split, 16)[1].read_text())
     assert {b["file"].rsplit("/", 1)[1] for b in meta["bad_images"]} == {f"{n}.jpg" for n in bad}
     assert all(b["reason"] for b in meta["bad_images"])
     for k, name in enumerate(good):
@@ -132,6 +141,69 @@ def test_odd_but_readable_images_become_rgb_and_broken_or_absent_ones_are_skippe
             assert px[..., 0].mean() > 150 and px[..., 1].mean() < 90, name
     for i in skipped:
         assert (pixels[i] == 0).all()  # skipped rows hold nothing the loader would ever read
+
+
+def photo_like(w, h, seed):
+    """A JPEG-worthy image, ~150 kB at 640x480 and quality 90 as COCO's are: luma texture with a natural image's
+    1/f-like spectrum (detail at every scale), smoother chroma (as in photos, and as 4:2:0 JPEG assumes), and a few
+    hard-edged coloured shapes."""
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(seed)
+    f = np.hypot(np.fft.fftfreq(h)[:, None], np.fft.rfftfreq(w)[None, :])
+    f[0, 0] = 1
+
+    def texture(beta):
+        t = np.fft.irfft2((rng.normal(size=f.shape) + 1j * rng.normal(size=f.shape)) / f**beta, s=(h, w))
+        return (t - t.mean()) / t.std()
+
+    ycc = np.stack([128 + 50 * texture(0.8), 128 + 12 * texture(1.8), 128 + 12 * texture(1.8)], axis=-1)
+    pil = Image.fromarray(ycc.clip(0, 255).astype(np.uint8), "YCbCr").convert("RGB")
+    draw = ImageDraw.Draw(pil)
+    for _ in range(8):
+        cx, cy, r = rng.integers(0, w), rng.integers(0, h), rng.integers(5, max(6, min(w, h) // 5))
+        shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+        shape((cx - r, cy - r, cx + r, cy + r), fill=tuple(rng.integers(0, 256, 3).tolist()))
+    return pil
+
+
+# COCO-like sizes, baseline and progressive, 4:4:4 and 4:2:0 chroma; a draft decode (libjpeg's 1/2-1/8 scaling)
+# would touch those with a short side >= 2 x size: at 256 px the large ones, at the demo's 72 px nearly all
+PHOTOS = {"640x480": (640, 480, {}), "480x640": (480, 640, {}), "1024x768": (1024, 768, {}),
+          "2048x1536": (2048, 1536, {}), "612x612": (612, 612, {}), "500x375": (500, 375, {}),
+          "300x200": (300, 200, {}), "1024x768_progressive": (1024, 768, {"progressive": True}),
+          "1024x768_444": (1024, 768, {"subsampling": 0}), "1024x768_420": (1024, 768, {"subsampling": 2})}
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("photos")
+    for seed, (name, (w, h, options)) in enumerate(PHOTOS.items()):
+        photo_like(w, h, seed).save(folder / f"{name}.jpg", quality=90, **options)
+    return [folder / f"{name}.jpg" for name in PHOTOS]
+
+
+def gpu_path(files, size, folder, device):
+    """The GPU path's own code (`_fill_gpu`: batched decode_jpeg, central square, antialiased F.interpolate) on
+    `device`; on the CPU torchvision decodes with libjpeg-turbo instead of nvJPEG, the arithmetic is the same."""
+    from types import SimpleNamespace
+
+    path = folder / f"gpu_{size}.npy"
+    np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(len(files), size, size, 3)).flush()
+    bad = image_cache._fill_gpu(path, [str(f) for f in files], size, torch.device(device),
+                                SimpleNamespace(update=lambda n: None), readers=1)
+    assert bad == []
+    return np.load(path)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a GPU (nvJPEG)"))])
+@pytest.mark.parametrize("size", [256, 72])  # the COCO cache and the demo's
+def test_cpu_path_matches_the_gpu_path_on_photo_like_jpegs(photos, tmp_path, size, device):
+    gpu = gpu_path(photos, size, tmp_path, device).astype(np.int16)
+    mad = {f.stem: round(float(np.abs(image_cache.decode_pil(f, size).astype(np.int16) - gpu[k]).mean()), 3)
+           for k, f in enumerate(photos)}
+    assert max(mad.values()) <= 1.0, f"mean absolute difference per image, grey levels: {mad}"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (nvJPEG)")
@@ -161,7 +233,7 @@ def test_two_processes_building_one_cache_leave_one_valid_cache(demo_root, tmp_p
     images = image_cache.open_image_cache(cache, split, 24)
     assert images is not None and images.shape == (96, 24, 24, 3)
     assert np.array_equal(images[10], image_cache.decode_pil(split.image_path(10), 24))
-    assert sorted(p.name for p in cache.iterdir()) == ["images_val2014_24.json", "images_val2014_24.npy"]  # no temp
+    assert sorted(cache.iterdir()) == sorted(image_cache.image_cache_paths(cache, split, 24))  # no temp
 
 
 def test_an_interrupted_build_leaves_nothing_a_later_run_trusts(demo_root, tmp_path, monkeypatch):
@@ -177,4 +249,4 @@ def test_an_interrupted_build_leaves_nothing_a_later_run_trusts(demo_root, tmp_p
         image_cache.build_image_cache(cache, split, 32, "cpu", workers=1)
     assert image_cache.open_image_cache(cache, split, 32) is None
     assert image_cache.open_image_cache(cache, split, 24) is not None  # the earlier cache is untouched
-    assert sorted(p.name for p in cache.iterdir()) == ["images_val2014_24.json", "images_val2014_24.npy"]
+    assert sorted(cache.iterdir()) == sorted(image_cache.image_cache_paths(cache, split, 24))

@@ -66,7 +66,8 @@ def test_gallery_is_cached_reused_and_rebuilt_for_another_checkpoint(trained_run
             "--out", str(tmp_path / "out.json")]
     first = search.main(args)
     gallery = Path(first["gallery"]["cache"])
-    assert gallery.parent == tmp_path / "cache" and gallery.is_file() and gallery.name.startswith("gallery_val2014_72_crop64_")
+    assert gallery.parent == tmp_path / "cache" and gallery.is_file() and gallery.name.startswith("gallery_val2014_")
+    assert "_72_crop64_" in gallery.name  # after the data's fingerprint: the cache's side, the crop
     stamp = gallery.stat().st_mtime_ns
     with caplog.at_level(logging.INFO, logger="clip_lab"):
         second = search.main(args)
@@ -95,9 +96,30 @@ def test_gallery_is_cached_reused_and_rebuilt_for_another_checkpoint(trained_run
     assert torch.load(gallery, weights_only=True)["meta"]["checkpoint_sha256"] != "0" * 64
 
 
+def test_unknown_query_words_are_named_in_one_warning(trained_run, tmp_path, caplog):
+    common = ["--ckpt", ckpt_of(trained_run), "--k", "3", "--out", str(tmp_path / "out.json")]
+    with caplog.at_level(logging.WARNING, logger="clip_lab"):
+        result = search.main([*common, "--text", "a red sport"])  # the demo knows "red", not "sport"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith("query 'a red sport': 'sport' not in"), warnings
+    assert "'red'" not in warnings[0] and "rests on the other words" in warnings[0]
+    assert result["query"] == {"text": "a red sport", "unknown_words": ["sport"]}
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="clip_lab"):
+        assert search.main([*common, "--text", "sport music"])["query"]["unknown_words"] == ["sport", "music"]
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "'sport', 'music' not in" in warning and "says nothing about the query" in warning
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="clip_lab"):
+        assert search.main([*common, "--text", "a red circle"])["query"]["unknown_words"] == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
 def test_image_query_returns_top_captions_from_the_caption_cache(trained_run, demo_root, direct):
     split, images = direct
-    captions = caption_cache_path(trained_run.parent.parent / "cache", "val2014", str(demo_root / "clip_tiny"), 32)
+    captions = caption_cache_path(trained_run.parent.parent / "cache", split, str(demo_root / "clip_tiny"), 32)
     stamp = captions.stat().st_mtime_ns
     query = demo_root / "val2014" / split.file_names[3]
     result = search.main(["--ckpt", ckpt_of(trained_run), "--image", str(query), "--k", "7"])

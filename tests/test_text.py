@@ -61,3 +61,29 @@ def test_unavailable_model_fails_fast_with_instructions(monkeypatch, tmp_path):
     (tmp_path / "broken").mkdir()
     with pytest.raises(ClipLabError, match="not a complete Hugging Face model directory"):
         TextEncoder(str(tmp_path / "broken"))
+
+
+def test_unknown_words_are_the_words_the_tokenizer_reads_as_unk_only(text_model):
+    enc = TextEncoder(text_model, max_length=32)  # the demo's word-level vocabulary: shapes, colours, a few others
+    texts = ["a red sport", "Sport, music: a CIRCLE.", "a photo of a {}."]
+    assert enc.unknown_words(texts) == ["sport", "Sport", "music"]  # as written; punctuation is not a word
+    unk = enc.tokenizer.unk_token_id
+    assert [enc.tokenizer(w, add_special_tokens=False)["input_ids"] for w in ("sport", "music")] == [[unk], [unk]]
+    assert enc.unknown_words(["a large red circle next to a blue square"]) == []
+
+
+def test_byte_level_bpe_knows_every_word():
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from clip_lab.text import tokenizer_unknown_words
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(CAPTIONS, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    texts = ["sport", "a zebra über 東京", *CAPTIONS]
+    # without an unknown token, and with one it never produces (OpenAI's CLIP names <|endoftext|> its unk_token)
+    for tokenizer in (PreTrainedTokenizerFast(tokenizer_object=tok),
+                      PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<|endoftext|>")):
+        assert tokenizer_unknown_words(tokenizer, texts) == []

@@ -50,6 +50,20 @@ def test_lstm_vocabulary_is_the_most_frequent_words_and_tokens_are_padded_with_z
     assert "1 of 4 texts are longer than 6 tokens" in caplog.text  # ... and said so
 
 
+def test_lstm_reports_the_words_outside_its_vocabulary():
+    tower = lstm()  # vocabulary: a red blue circle square and
+    texts = ["A red circle!", "the purple square", "Purple sky and the two"]
+    assert tower.unknown_words(texts) == ["the", "purple", "sky", "two"]
+    assert tower.tokenize(["the purple sky two"]).tolist() == [[1, 1, 1, 1, 0, 0]]  # each reads as <unk> = 1
+    assert tower.unknown_words(["a blue square and a red circle"]) == []
+
+
+def test_transformer_tower_reports_the_words_its_wordpiece_vocabulary_lacks(bert):
+    tower = TransformerTextTower(bert, dim=8, max_length=12)  # the demo's words, in a WordPiece vocabulary
+    assert tower.unknown_words(["a red sport", "redsquare: a Circle"]) == ["sport", "redsquare"]
+    assert tower.unknown_words(["two shapes: a red circle and a blue square"]) == []
+
+
 def test_lstm_reads_each_caption_forwards_and_backwards_whatever_the_padding():
     tower = lstm().eval()
     tokens = tower.tokenize(["a red circle", "two shapes and a blue square"])
@@ -135,7 +149,7 @@ def test_fit_with_a_trained_text_encoder_learns_without_any_clip_model(kind, ber
         return model(center_crop(torch.from_numpy(decode_pil(split.image_path(i), 72).copy())[None], 64))[0]
 
     found = search.main(["--ckpt", str(ckpt), "--image", str(split.image_path(0)), "--k", "3", "--device", "cpu"])
-    assert "captions_val2014_ckpt" in found["gallery"]["cache"]
+    assert f"captions_val2014_{split.fingerprint}_ckpt" in found["gallery"]["cache"]
     expected = (model.text_tower.encode(split.captions).half().float() @ embed_image(0)).topk(3).values
     assert torch.allclose(torch.tensor([r["score"] for r in found["results"]]), expected, atol=1e-3)
     top = search.main(["--ckpt", str(ckpt), "--text", split.captions[0], "--k", "1", "--device", "cpu"])["results"][0]

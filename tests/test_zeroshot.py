@@ -1,7 +1,9 @@
 """`python -m clip_lab zeroshot` on the trained demo checkpoint: probabilities recomputed by hand, accuracy and chance
-against the generator's ground truth, a class-folder set well above chance, one-line errors."""
+against the generator's ground truth, a class-folder set well above chance, ties counted wrong, unknown words named,
+one-line errors."""
 
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -10,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from clip_lab import zeroshot
+from clip_lab import figures, zeroshot
 from clip_lab.__main__ import main
 from clip_lab.augment import center_crop
 from clip_lab.data.image_cache import decode_pil
@@ -123,3 +125,70 @@ def test_bad_input_is_one_clear_line(trained_run, tmp_path, capsys, change, mess
     assert main(["zeroshot", *[x for k, v in args.items() for x in (k, *v)]]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_top_classes_are_the_best_class_or_every_class_tied_for_the_top():
+    probs = torch.tensor([[0.5, 0.3, 0.2],
+                          [0.4, 0.4, 0.2],            # an exact tie of two
+                          [1 / 3, 1 / 3, 1 / 3],      # all tied
+                          [0.2, 0.4, 0.4 + 1e-7],     # equal within float rounding: a tie
+                          [0.2, 0.4 - 2e-5, 0.4],     # 2e-5 apart: a real (if small) difference
+                          [0.2, 0.39, 0.41]])
+    assert zeroshot.top_classes(probs) == [[0], [0, 1], [0, 1, 2], [1, 2], [2], [2]]
+
+
+def test_classes_that_embed_identically_tie_and_never_count_as_skill(trained_run, demo_root, tmp_path, caplog, capsys):
+    """Class names outside the demo's vocabulary read as <unk>: every class has the same prompts, so every image ties.
+    Argmax used to give all of them the first class, scoring that class's share of the images (8 of 12 here)."""
+    folder = tmp_path / "unknown"
+    files = sorted((demo_root / "val2014").glob("*.jpg"))[:12]
+    for i, f in enumerate(files):
+        name = "sport" if i < 8 else "music" if i < 10 else "food"
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, folder / name)
+    out = tmp_path / "results" / "t" / "zeroshot" / "unknown.json"
+    with caplog.at_level(logging.WARNING, logger="clip_lab"):
+        result = zeroshot.main(["--ckpt", ckpt_of(trained_run), "--images", str(folder), "--classes", "sport", "music",
+                                "food", "--out", str(out)])
+    assert result["n_images"] == 12 and result["chance"] == pytest.approx(1 / 3)
+    assert result["accuracy"] == 0 and result["tied_images"] == 12
+    saved = json.loads(out.read_text())["predictions"]
+    for p in (*result["predictions"], *saved):
+        assert p["predicted"] is None and p["tied"] == ["sport", "music", "food"] and p["correct"] is False
+        assert p["probability"] == pytest.approx(1 / 3, abs=1e-4)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert sum("12 of 12 images have two or more classes tied" in w for w in warnings) == 1, warnings
+    assert any("classes 'sport', 'music', 'food': none of their words" in w for w in warnings), warnings
+    assert "accuracy 0.000   chance 0.333   (0.0 x chance)   12 tied images counted wrong" in capsys.readouterr().out
+
+    # the report's figure draws them, every one wrong
+    manifest = figures.main(["--results_dir", str(tmp_path / "results"), "--run", "t", "--out", str(tmp_path / "fig")])
+    (entry,) = [v for k, v in manifest.items() if k.startswith("zeroshot")]
+    assert "missing" not in entry and "(the first 0 right and first" in entry["caption"], entry
+
+
+def test_unknown_words_of_classes_and_templates_are_named(trained_run, demo_root, tmp_path, caplog):
+    templates = tmp_path / "prompts.yaml"
+    templates.write_text("templates:\n  - a drawing of a {}.\n  - a picture of a {}.\n")
+    image = demo_root / "val2014" / "COCO_val2014_000001000003.jpg"
+    with caplog.at_level(logging.WARNING, logger="clip_lab"):
+        result = zeroshot.main(["--ckpt", ckpt_of(trained_run), "--images", str(image), "--classes", "red circle",
+                                "red sport", "music", "--templates", str(templates), "--out", str(tmp_path / "z.json")])
+    assert result["unknown_words"] == {"classes": {"red sport": ["sport"], "music": ["music"]},
+                                       "templates": ["drawing"]}
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 3, warnings
+    assert "classes 'music': none of their words" in warnings[0] and "templates alone" in warnings[0]
+    assert warnings[1].endswith("(read as its unknown token): 'red sport': sport")
+    assert warnings[2].startswith("prompt template words") and warnings[2].endswith(": drawing")
+    assert json.loads((tmp_path / "z.json").read_text())["unknown_words"] == result["unknown_words"]
+
+
+def test_known_words_give_no_warning(trained_run, demo_root, tmp_path, caplog):
+    image = demo_root / "val2014" / "COCO_val2014_000001000003.jpg"
+    with caplog.at_level(logging.WARNING, logger="clip_lab"):
+        result = zeroshot.main(["--ckpt", ckpt_of(trained_run), "--images", str(image), "--classes", *SHAPES,
+                                "--out", str(tmp_path / "z.json")])
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert result["unknown_words"] == {"classes": {}, "templates": []} and result["tied_images"] == 0
+    assert result["predictions"][0]["tied"] == [] and result["predictions"][0]["predicted"] in SHAPES

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from clip_lab.data.split import CaptionedSplit
-from clip_lab.files import load_cache, name_slug, save_torch, sha256_file
+from clip_lab.files import load_cache, name_slug, save_torch
 from clip_lab.text import TextEncoder, text_model_fingerprint
 
 log = logging.getLogger(__name__)
@@ -19,8 +19,10 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1  # bump when the layout or the meaning of the stored embeddings changes
 
 
-def caption_cache_path(cache_dir: str | Path, split: str, text_model: str, max_length: int) -> Path:
-    return Path(cache_dir) / f"captions_{split}_{name_slug(text_model)}_L{max_length}.pt"
+def caption_cache_path(cache_dir: str | Path, split: CaptionedSplit, text_model: str, max_length: int) -> Path:
+    """`captions_<split>_<fingerprint>_<model slug>_L<max_length>.pt`: the fingerprint keeps other data's same-named
+    splits (the demo's val2014 and COCO's) in files of their own."""
+    return Path(cache_dir) / f"captions_{split.name}_{split.fingerprint}_{name_slug(text_model)}_L{max_length}.pt"
 
 
 def expected_meta(split: CaptionedSplit, text_model: str, max_length: int) -> dict[str, Any]:
@@ -28,7 +30,8 @@ def expected_meta(split: CaptionedSplit, text_model: str, max_length: int) -> di
     return {
         "version": CACHE_VERSION,
         "split": split.name,
-        "annotation_sha256": sha256_file(split.annotation_file),
+        "fingerprint": split.fingerprint,
+        "annotation_sha256": split.annotation_sha256,
         "text_model": text_model,
         "text_model_fingerprint": text_model_fingerprint(text_model),
         "max_length": max_length,
@@ -72,7 +75,7 @@ def ensure_caption_cache(
     encoder: Callable[[], TextEncoder], batch_size: int = 1024,
 ) -> Path:
     """The path of the split's valid caption cache, built first (with `encoder()`, called only then) if needed."""
-    path = caption_cache_path(cache_dir, split.name, text_model, max_length)
+    path = caption_cache_path(cache_dir, split, text_model, max_length)
     meta = expected_meta(split, text_model, max_length)
     if load_caption_cache(path, meta, split) is None:
         log.info("building the caption cache of %s with %s -> %s", split.name, text_model, path)

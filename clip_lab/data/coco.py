@@ -55,5 +55,8 @@ def load_coco_split(data_root: str | Path, split: str) -> CaptionedSplit:
         raise ClipLabError(f"{ann} is not a COCO captions file ({type(e).__name__}: {e}); "
                            f"re-download it from {COCO_DOWNLOAD['annotations']}") from e
     fix = f"re-download it from {COCO_DOWNLOAD['annotations']}"
+    info = coco.dataset.get("info")
+    description = info.get("description", "") if isinstance(info, dict) else ""
     return build_split(split, ann, image_dir, [(int(i), im["file_name"]) for i, im in coco.imgs.items()],
-                       [(a["id"], a["image_id"], a.get("caption")) for a in coco.anns.values()], fix=fix)
+                       [(a["id"], a["image_id"], a.get("caption")) for a in coco.anns.values()], fix=fix,
+                       description=str(description))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import lightning as L
 import numpy as np
@@ -14,7 +14,7 @@ from torch import Tensor
 
 from clip_lab.data.caption_cache import caption_cache_path, caption_embeddings, ensure_caption_cache, expected_meta
 from clip_lab.augment import augment, center_crop
-from clip_lab.data.datasets import check_dataset_files, load_split
+from clip_lab.data.datasets import check_dataset_files, data_title, load_split
 from clip_lab.data.split import CaptionedSplit
 from clip_lab.data.loader import CachedBatchLoader
 from clip_lab.data import image_cache
@@ -136,7 +136,7 @@ class RetrievalData(L.LightningDataModule):
     def _cache(self, name: str) -> tuple[Path, dict]:
         hp = self.hparams
         split = self.split(name)
-        return caption_cache_path(hp.cache_dir, split.name, hp.text_model, hp.max_length), expected_meta(
+        return caption_cache_path(hp.cache_dir, split, hp.text_model, hp.max_length), expected_meta(
             split, hp.text_model, hp.max_length
         )
 
@@ -234,20 +234,71 @@ class RetrievalData(L.LightningDataModule):
                                            caption_image.to(image_emb.device), folds)
         return metrics | {"n_images": len(image_emb), "n_captions": len(caption_image)}
 
+    def image_ref(self, split: CaptionedSplit, i: int) -> dict[str, Any]:
+        """Where image `i` of `split` is found again for a picture: its file, and its row of the image cache."""
+        return image_cache.image_ref(self.hparams.cache_dir, split, self.hparams.cache_image_size, i)
+
+    def describe(self) -> dict[str, Any]:
+        """What this data is, as a run's records keep it (the report reads them): the dataset and its title, the
+        images training visits per epoch and those validation ranks checkpoints on. Needs the image caches."""
+        hp = self.hparams
+        train = self.split(hp.train_split)
+        val_split = self.eval_split("val")
+        n_val = len(self.eval_images("val"))
+        return {"dataset": hp.dataset, "title": data_title(hp.dataset, train.description), "data_root": hp.data_root,
+                "train_split": hp.train_split,
+                "train_images": len(self._train_sampler(self.usable_images(hp.train_split)).images),
+                "val_split": val_split, "val_images": n_val, "val_subset": n_val < len(self.usable_images(val_split)),
+                "test_split": hp.test_split, "protocol": self.protocol.name}
+
+    def protocol_record(self, n_images: int, n_captions: int) -> dict[str, Any]:
+        """The test protocol as a result file records it, with the gallery evaluated and the test split's size."""
+        split = self.split(self.hparams.test_split)
+        unreadable = len(split.image_ids) - len(self.usable_images(self.hparams.test_split))
+        return self.protocol.record(n_images, n_captions, len(split.image_ids), unreadable)
+
     # -- loaders ------------------------------------------------------------------------------------------------------
     def _loader(self, name: str, sampler: PairBatchSampler) -> CachedBatchLoader:
         hp = self.hparams
         if image_cache.open_image_cache(hp.cache_dir, self.split(name), hp.cache_image_size) is None:
             raise RuntimeError(f"the image cache of {name} is missing or stale: prepare_data should have built it")
-        path, _ = image_cache.image_cache_paths(hp.cache_dir, self.split(name).name, hp.cache_image_size)
+        path, _ = image_cache.image_cache_paths(hp.cache_dir, self.split(name), hp.cache_image_size)
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         return CachedBatchLoader(path, self.caption_rows(name), sampler, device, threads=hp.num_workers)
 
+    def _train_sampler(self, images: np.ndarray | None = None, rank: int = 0, world_size: int = 1) -> PairBatchSampler:
+        # drop_last: every step sees a full batch. The last partial batch of each epoch (fewer than batch_size pairs,
+        # redrawn every epoch) is left out; InfoNCE would only see fewer negatives in it, and a batch of one pair
+        # has none at all
+        hp = self.hparams
+        return PairBatchSampler(self.split(hp.train_split).caption_start, hp.batch_size, hp.pairs, shuffle=True,
+                                drop_last=True, seed=hp.seed, images=images, rank=rank, world_size=world_size)
+
+    def check_trainable(self, world_size: int = 1, readable_only: bool = False) -> None:
+        """Stop with one line when the training split cannot fill one batch: fit would make no optimizer step.
+
+        Every captioned image counts (the CLI checks this before any cache is built); `readable_only`: only those the
+        image cache could read (checked again at setup, once it is built)."""
+        hp = self.hparams
+        images = self.usable_images(hp.train_split) if readable_only else None
+        sampler = self._train_sampler(images, world_size=world_size)
+        if len(sampler) == 0:
+            split = self.split(hp.train_split)
+            skipped = len(split.image_ids) - len(images) if images is not None else 0
+            per = f"{hp.batch_size} x {world_size} processes" if world_size > 1 else str(hp.batch_size)
+            raise ClipLabError(
+                f"the training split {hp.train_split} has {len(sampler.images)} images with captions"
+                + (f" ({skipped} unreadable skipped)" if skipped else "") + f", fewer than one batch of {per} "
+                "pairs: fit would make no optimizer step. Lower --data.batch_size (at most "
+                f"{max(1, len(sampler.images) // world_size)}) or train on a larger split (--data.train_split)")
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":  # the image cache is built by now: count the readable images only
+            self.check_trainable(self._world()["world_size"], readable_only=True)
+
     def train_dataloader(self) -> CachedBatchLoader:
         hp = self.hparams
-        split = self.split(hp.train_split)
-        sampler = PairBatchSampler(split.caption_start, hp.batch_size, hp.pairs, shuffle=True, drop_last=True,
-                                   seed=hp.seed, images=self.usable_images(hp.train_split), **self._world())
+        sampler = self._train_sampler(self.usable_images(hp.train_split), **self._world())
         return self._loader(hp.train_split, sampler)
 
     def _eval_loader(self, stage: str) -> CachedBatchLoader:

@@ -21,6 +21,18 @@ FLICKR8K_IMAGES_SOURCE = f"images: {flickr8k.FLICKR8K_DOWNLOAD['images']}"
 FLICKR30K_SOURCE = "images: flickr30k-images.tar.gz, via the form at https://shannon.cs.illinois.edu/DenotationGraph/"
 
 
+TITLES = {"coco": "MS COCO 2014", "coco_karpathy": "MS COCO 2014 (Karpathy's splits)", "flickr8k": "Flickr8k",
+          "flickr8k_karpathy": "Flickr8k (Karpathy's splits)", "flickr30k": "Flickr30k (Karpathy's splits)"}
+DEMO_DESCRIPTION = "clip_lab generated demo data"  # how synthetic.py's captions json begins its info.description
+
+
+def data_title(dataset: str, description: str = "") -> str:
+    """What a report calls the data: the dataset's name, or the demo's when its files say they are generated."""
+    if description.startswith(DEMO_DESCRIPTION):
+        return "clip_lab's generated demo data (COCO 2014 layout)"
+    return TITLES.get(dataset, dataset)
+
+
 class _Need(NamedTuple):
     """A file or folder a dataset needs: where it may lie (first found wins) and where to get it."""
 

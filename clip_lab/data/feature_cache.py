@@ -22,9 +22,10 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1  # bump when the layout or the meaning of the stored features changes
 
 
-def feature_cache_path(cache_dir: str | Path, split_name: str, model_name: str, size: int) -> Path:
-    """`features_<split>_<model slug>_<size>.pt`, `size` being the image cache's square side the features come from."""
-    return Path(cache_dir) / f"features_{split_name}_{name_slug(model_name)}_{size}.pt"
+def feature_cache_path(cache_dir: str | Path, split: CaptionedSplit, model_name: str, size: int) -> Path:
+    """`features_<split>_<fingerprint>_<model slug>_<size>.pt`, `size` being the image cache's square side the features
+    come from, the fingerprint that of the split's data (as in the image cache's name)."""
+    return Path(cache_dir) / f"features_{split.name}_{split.fingerprint}_{name_slug(model_name)}_{size}.pt"
 
 
 def expected_meta(split: CaptionedSplit, model_name: str, size: int) -> dict[str, Any]:
@@ -119,7 +120,7 @@ def ensure_feature_cache(
     """
     # first, even when the features are cached: callers read the skipped images from the image cache's metadata
     images = image_cache.ensure_image_cache(cache_dir, split, cache_image_size, device, workers, max_bad)
-    path = feature_cache_path(cache_dir, split.name, model_name, cache_image_size)
+    path = feature_cache_path(cache_dir, split, model_name, cache_image_size)
     meta = expected_meta(split, model_name, cache_image_size)
     cache = load_feature_cache(path, meta)
     if cache is None:

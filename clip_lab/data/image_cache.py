@@ -1,9 +1,15 @@
 """The image cache: every image of a split decoded once, centre-square cropped and resized into one uint8 memmap.
 
-Layout: `images_<split>_<size>.npy`, a `[n_images, size, size, 3]` uint8 RGB array (NHWC: permuted to NCHW on the
-GPU it is channels_last for free), and `images_<split>_<size>.json` beside it holding what the pixels depend on.
-Both paths decode the same way: the image's central square (the region a centre crop keeps), resized with an
-antialiased bilinear filter. On a GPU the JPEGs are decoded by nvJPEG in batches; otherwise by PIL in a process pool.
+Layout: `images_<split>_<fingerprint>_<size>.npy`, a `[n_images, size, size, 3]` uint8 RGB array (NHWC: permuted to
+NCHW on the GPU it is channels_last for free), and `images_<split>_<fingerprint>_<size>.json` beside it holding what
+the pixels depend on; the fingerprint (`CaptionedSplit.fingerprint`) keeps other data's same-named splits apart.
+Both paths decode the same way: the full-resolution image, its central square (the region a centre crop keeps),
+resized with an antialiased bilinear filter. On a GPU the JPEGs are decoded by nvJPEG in batches; otherwise by PIL in
+a process pool. Bound: the two agree within 1 grey level of mean absolute difference per image (the photo-like JPEGs
+of tests/test_image_cache.py: <= 0.16 with the GPU path's code run on the CPU, <= 0.62 with nvJPEG on an H200, whose
+chroma upsampling differs from libjpeg's). PIL's draft mode (libjpeg's 1/2-1/8 DCT-domain scaling, for images with a
+short side >= 2 x size) broke that bound, by up to 2.7 grey levels at 256 px and 5.4 at 72 px on those JPEGs, to gain
+a few % of CPU build speed on COCO's mix of sizes: it is not used.
 """
 
 from __future__ import annotations
@@ -25,18 +31,25 @@ from PIL import Image
 
 from clip_lab.data.split import CaptionedSplit
 from clip_lab.errors import ClipLabError
-from clip_lab.files import atomic_path, save_json, sha256_file
+from clip_lab.files import atomic_path, save_json
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1  # bump when the layout or the resizing changes
+CACHE_VERSION = 2  # bump when the layout or the resizing changes (2: full decode, no draft)
 CHUNK = 256  # images per decode batch / pool task
 
 
-def image_cache_paths(cache_dir: str | Path, split: str, size: int) -> tuple[Path, Path]:
-    """(pixels `.npy`, metadata `.json`) of a split's cache at `size`."""
-    stem = Path(cache_dir) / f"images_{split}_{size}"
+def image_cache_paths(cache_dir: str | Path, split: CaptionedSplit, size: int) -> tuple[Path, Path]:
+    """(pixels `.npy`, metadata `.json`) of a split's cache at `size`, named by the split and its data's fingerprint."""
+    stem = Path(cache_dir) / f"images_{split.name}_{split.fingerprint}_{size}"
     return stem.with_suffix(".npy"), stem.with_suffix(".json")
+
+
+def image_ref(cache_dir: str | Path, split: CaptionedSplit, size: int, i: int) -> dict[str, Any]:
+    """Where a result finds image `i` of `split` again for a picture: its file, through the split's own records, and
+    its row of the image cache (what the model saw) for when the file is gone or never existed on disk."""
+    return {"file": str(split.image_path(i)), "image_cache": str(image_cache_paths(cache_dir, split, size)[0]),
+            "cache_row": int(i)}
 
 
 def expected_meta(split: CaptionedSplit, size: int) -> dict[str, Any]:
@@ -44,17 +57,18 @@ def expected_meta(split: CaptionedSplit, size: int) -> dict[str, Any]:
     return {
         "version": CACHE_VERSION,
         "split": split.name,
-        "annotation_sha256": sha256_file(split.annotation_file),
+        "fingerprint": split.fingerprint,
+        "annotation_sha256": split.annotation_sha256,
         "image_list_sha256": hashlib.sha256("\n".join(split.file_names).encode()).hexdigest(),
         "n_images": len(split.file_names),
         "size": size,
-        "layout": "NHWC uint8 RGB; central square, antialiased bilinear resize",
+        "layout": "NHWC uint8 RGB; full decode, central square, antialiased bilinear resize",
     }
 
 
 def open_image_cache(cache_dir: str | Path, split: CaptionedSplit, size: int) -> np.ndarray | None:
     """The split's cache memory-mapped read-only if it matches the split and `size`; None (and why, logged) if not."""
-    data, meta_file = image_cache_paths(cache_dir, split.name, size)
+    data, meta_file = image_cache_paths(cache_dir, split, size)
     if not (data.is_file() and meta_file.is_file()):
         return None
     try:
@@ -80,10 +94,11 @@ def open_image_cache(cache_dir: str | Path, split: CaptionedSplit, size: int) ->
 
 
 def decode_pil(path: str | Path, size: int) -> np.ndarray:
-    """One image -> `[size, size, 3]` uint8: central square, antialiased bilinear resize (the CPU path)."""
+    """One image -> `[size, size, 3]` uint8: full decode, central square, antialiased bilinear resize (the CPU path)."""
     try:
         with Image.open(path) as img:
-            img.draft("RGB", (size, size))  # lets libjpeg decode at 1/2, 1/4, 1/8 scale when that stays >= size
+            # a full decode, as nvJPEG's: no img.draft, whose DCT-domain downscaling of large JPEGs is faster but moves
+            # their pixels off the GPU path's by more than the 1 grey level (mean per image) the docstring promises
             img = img.convert("RGB")
             w, h = img.size
             side = min(w, h)
@@ -105,7 +120,7 @@ def build_image_cache(
     Unreadable or absent images are skipped (their rows stay black), listed under `bad_images` in the metadata and
     summed up in one log line; more than `max_bad` of the split unreadable stops the build (nothing is kept).
     """
-    data, meta_file = image_cache_paths(cache_dir, split.name, size)
+    data, meta_file = image_cache_paths(cache_dir, split, size)
     meta = expected_meta(split, size)
     files = [str(split.image_path(i)) for i in range(len(split.file_names))]
     device = torch.device(device)
@@ -144,7 +159,7 @@ def check_bad_images(meta: dict[str, Any], max_bad: float, where: str | Path) ->
 
 def bad_image_indices(cache_dir: str | Path, split: CaptionedSplit, size: int) -> np.ndarray:
     """Indices of the images the split's cache skipped (unreadable or absent)."""
-    _, meta_file = image_cache_paths(cache_dir, split.name, size)
+    _, meta_file = image_cache_paths(cache_dir, split, size)
     meta = json.loads(meta_file.read_text())
     return np.array([b["index"] for b in meta.get("bad_images", [])], dtype=np.int64)
 
@@ -158,7 +173,7 @@ def ensure_image_cache(
     images = open_image_cache(cache_dir, split, size)
     if images is None:
         return build_image_cache(cache_dir, split, size, device, workers, max_bad)
-    _, meta_file = image_cache_paths(cache_dir, split.name, size)
+    _, meta_file = image_cache_paths(cache_dir, split, size)
     check_bad_images(json.loads(meta_file.read_text()), max_bad, meta_file)
     return images
 

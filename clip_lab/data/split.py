@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
 from clip_lab.errors import ClipLabError
+from clip_lab.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +23,7 @@ class CaptionedSplit:
 
     `annotation_file` is the file the captions come from (its content hash keys the caches); `defects` counts what
     the reader dropped or repaired in it (malformed lines, empty captions, entries for images outside the split...).
+    `fingerprint` names the split's data in every cache file name.
     """
 
     name: str
@@ -31,6 +35,7 @@ class CaptionedSplit:
     caption_image: np.ndarray  # [n_captions] int64 index into image_ids
     captions: list[str]  # [n_captions]
     defects: dict[str, int] = field(default_factory=dict)
+    description: str = ""  # what the annotation file says it is (COCO's info.description), when it says
 
     @property
     def caption_start(self) -> np.ndarray:
@@ -41,6 +46,25 @@ class CaptionedSplit:
     def image_path(self, i: int) -> Path:
         return self.image_dir / self.file_names[i]
 
+    @cached_property
+    def annotation_sha256(self) -> str:
+        """The annotation file's content hash, read once per split: every cache's metadata holds it, and COCO
+        train's json is 66 MB."""
+        return sha256_file(self.annotation_file)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """12 hex digits naming this split's data in cache file names, so that data roots with the same split names
+        (the demo and a real COCO, a subset and the full set) never evict each other's caches.
+
+        From the annotation file's content, the resolved image folder (the same annotations over other images are
+        other data) and the ordered image list. The caches' stored metadata still validates what a file holds.
+        """
+        h = hashlib.sha256()
+        for part in (self.annotation_sha256, str(self.image_dir.resolve()), *self.file_names):
+            h.update(part.encode() + b"\0")  # a separator, so that no two lists of parts hash alike
+        return h.hexdigest()[:12]
+
 
 def build_split(
     name: str,
@@ -50,6 +74,7 @@ def build_split(
     captions: Iterable[tuple[int, int, object]],
     defects: dict[str, int] | None = None,
     fix: str = "re-download it",
+    description: str = "",
 ) -> CaptionedSplit:
     """A split from `(image_id, file_name)` and `(caption_id, image_id, text)` records, in any order.
 
@@ -86,6 +111,7 @@ def build_split(
         caption_image=np.array([position[img] for _, img, _ in kept], dtype=np.int64),
         captions=[text for _, _, text in kept],
         defects={k: v for k, v in defects.items() if v},
+        description=description,
     )
     if split.defects:
         log.warning("%s (%s): %s", annotation_file, name,

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Sequence
 
 from PIL import Image, ImageDraw
 
+from clip_lab.data.datasets import DEMO_DESCRIPTION
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
@@ -130,7 +132,7 @@ def make_split(root: Path, split: str, n_images: int, seed: int, first_image_id:
         for task in tasks:
             _render(task)
     (root / "annotations").mkdir(exist_ok=True)
-    info = {"description": "clip_lab generated demo data in COCO 2014 captions format", "version": "1.0"}
+    info = {"description": f"{DEMO_DESCRIPTION} in COCO 2014 captions format", "version": "1.0"}
     payload = {"info": info, "licenses": [], "images": images, "annotations": annotations}
     (root / "annotations" / f"captions_{split}.json").write_text(json.dumps(payload))
 

@@ -1,0 +1,74 @@
+"""The command lines `figures` and `report` print for what is missing, built from the run's own resolved config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+BASE_CONFIG = "configs/coco.yaml"
+EXAMPLE_QUERY = "sport"  # the lab's text -> image query
+EXAMPLE_CLASSES = ("person", "animal", "landscape")  # the lab's zero-shot classes
+
+
+def read_config(run_dir: Path) -> dict[str, Any] | None:
+    """The run's resolved `config.yaml` (what `fit` saved), or None when there is none or it is unreadable."""
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+class RunCommands:
+    """Commands that produce each input of a run's figures and report, working as printed for that run.
+
+    Once the run exists every command takes its own `config.yaml` (dataset, splits, caches, text model and any
+    overlays it was fitted with are all in it) and its best checkpoint; before that, the base config.
+    """
+
+    def __init__(self, results_dir: str | Path, run: str) -> None:
+        self.results_dir, self.run = str(results_dir), run
+        self.run_dir = Path(results_dir) / run
+        self.config = read_config(self.run_dir)
+        self.config_file = self.run_dir / "config.yaml"
+        self.ckpt = self.run_dir / "checkpoints" / "best.ckpt"
+        self._rd = "" if self.results_dir == "results" else f" --results_dir {self.results_dir}"
+        self._configs = f"-c {self.config_file}" if self.config else f"-c {BASE_CONFIG}"
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return (self.config or {}).get("data") or {}
+
+    @property
+    def test_split(self) -> str:
+        return self.data.get("test_split") or "val2014"
+
+    @property
+    def fit(self) -> str:
+        return f"python -m clip_lab fit -c {BASE_CONFIG} --run {self.run}{self._rd}"
+
+    @property
+    def test(self) -> str:
+        test = f"python -m clip_lab test -c {self.config_file} --ckpt_path {self.ckpt}"
+        return test if self.config else f"{self.fit} && {test}"
+
+    def _after_fit(self, command: str) -> str:
+        """`command` as is for a fitted run; preceded by the fit for a run that does not exist yet."""
+        return command if self.ckpt.is_file() or self.config else f"{self.fit} && {command}"
+
+    def sweep(self, name: str) -> str:
+        return f"python -m clip_lab sweep {self._configs} --seeds 3 --name {name}{self._rd}"
+
+    def baselines(self, name: str) -> str:
+        return f"python -m clip_lab baselines {self._configs} --name {name}{self._rd}"
+
+    @property
+    def search(self) -> str:
+        return self._after_fit(f'python -m clip_lab search --ckpt {self.ckpt} --text "{EXAMPLE_QUERY}" --k 5')
+
+    @property
+    def zeroshot(self) -> str:
+        return self._after_fit(f"python -m clip_lab zeroshot --ckpt {self.ckpt} --images {self.test_split} "
+                               f"--classes {' '.join(EXAMPLE_CLASSES)}")
