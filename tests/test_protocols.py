@@ -93,3 +93,17 @@ def test_fit_and_test_on_a_flickr_format_end_to_end(dataset, tmp_path, text_mode
     assert protocol["gallery_captions"] == sum(min(5, len(caps)) for _, _, caps in images)
     assert protocol["published_size"] is False  # a 1k protocol on a handful of images says so
     assert result["metrics"]["n_images"] == len(images)
+
+
+def test_a_gallery_off_the_published_size_says_why():
+    flickr = PROTOCOLS["flickr1k"]
+    subset = flickr.record(150, 750, split_images=150)
+    assert subset["published_size"] is False and subset["unreadable_skipped"] == 0
+    assert subset["size_note"] == ("the test split has 150 images, not the 1,000 of protocol flickr1k (a subset of "
+                                   "the dataset, or another split)")
+    skipped = flickr.record(997, 4985, split_images=1000, unreadable=3)
+    assert skipped["size_note"] == "3 unreadable images of the split were skipped"
+    both = flickr.record(147, 735, split_images=150, unreadable=3)
+    assert both["size_note"].startswith("the test split has 150 images") and "3 unreadable" in both["size_note"]
+    assert flickr.record(1000, 5000, split_images=1000)["size_note"] is None
+    assert PROTOCOLS["full"].record(10, 50, split_images=10)["published_size"] is None
