@@ -9,6 +9,8 @@ import shutil
 import time
 from pathlib import Path
 
+import torch
+
 from clip_lab import cli
 from clip_lab.data.synthetic import make_demo_dataset
 
@@ -53,8 +55,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     result = json.loads((run_dir / "test_metrics.json").read_text())
     m = result["metrics"]
+    # the digits depend on the CPU thread count too (it orders the float sums of every step): say it beside them
     print(f"\nclip_lab demo: test on {m['n_images']} images / {m['n_captions']} captions "
-          f"({time.perf_counter() - t0:.0f} s in all; results in {run_dir}/)")
+          f"({time.perf_counter() - t0:.0f} s in all, {torch.get_num_threads()} CPU threads; results in {run_dir}/)")
     print(recall_table(m, m["n_images"], result["first_caption"]["metrics"]))
     print("model: the standard protocol (any of an image's captions counts); 1st caption: each image against first "
           "captions only (diagonal), as most course submissions report it")

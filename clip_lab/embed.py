@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> dict:
         position = torch.full((len(split.image_ids),), -1, dtype=torch.long)
         position[torch.from_numpy(usable)] = torch.arange(len(usable))
         out = {"split": split.name, "image_embeddings": images.float(),
-               "image_ids": torch.from_numpy(split.image_ids[usable]), "file_names": [split.file_names[i] for i in usable],
+               "image_ids": torch.from_numpy(split.image_ids[usable]),
+               "file_names": [split.file_names[i] for i in usable],
                "caption_embeddings": captions.float(), "captions": split.captions,
                "caption_ids": torch.from_numpy(split.caption_ids),
                # the row of image_embeddings each caption belongs to; -1: its image could not be read

@@ -213,8 +213,9 @@ def baseline_results(result: dict[str, Any] | None, name: str, commands: RunComm
         "tab:baselines"), tables / "baselines.tex")
     other = ""
     if test is not None and not same_protocol(test, result):
-        other = (f"**These baselines were evaluated on another gallery than run `{commands.run}`** ({result['dataset']} "
-                 f"{result['split']}, {result['protocol']['name']}, vs {test.get('dataset')} {test.get('split')}, "
+        other = (f"**These baselines were evaluated on another gallery than run `{commands.run}`** "
+                 f"({result['dataset']} {result['split']}, {result['protocol']['name']}, vs {test.get('dataset')} "
+                 f"{test.get('split')}, "
                  f"{test['protocol']['name']}): they do not compare with its numbers; for that run "
                  f"`{commands.baselines(name)}`.\n\n")
     return other + markdown(result)
@@ -237,7 +238,8 @@ def sweep_settings(summary: dict[str, Any], main_config: dict[str, Any] | None, 
     lines = []
     if main_config is not None:
         main = {k: v for k, v in flatten(main_config).items() if k not in RUN_KEYS}
-        differ = [f"`{k}` {shared[k]!r} (run `{main_run}`: {main.get(k)!r})" for k in shared if main.get(k) != shared[k]]
+        differ = [f"`{k}` {shared[k]!r} (run `{main_run}`: {main.get(k)!r})" for k in shared
+                  if main.get(k) != shared[k]]
         lines.append(f"Every sweep run shares the settings of run `{main_run}`" + (
             ", except: " + "; ".join(differ) + "." if differ else ", apart from its variant's overlays and the seed."))
     base = configs.get("baseline", every)[0]

@@ -106,8 +106,10 @@ def test_unreadable_images_that_leave_less_than_a_batch_stop_before_training(tmp
             "--data.batch_size", "10", "--data.max_bad_images", "0.2"]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("error: ") and "train2014 has 9 images with captions (1 unreadable skipped), fewer than one batch of 10" in err
-    assert not (tmp_path / "results" / "t" / "config.yaml").exists() and not (tmp_path / "results" / "t" / "checkpoints").exists()
+    assert err.startswith("error: ")
+    assert "train2014 has 9 images with captions (1 unreadable skipped), fewer than one batch of 10" in err
+    run = tmp_path / "results" / "t"
+    assert not (run / "config.yaml").exists() and not (run / "checkpoints").exists()
 
 
 def test_test_without_a_checkpoint_uses_the_runs_best_or_stops(trained_run, tmp_path, capsys):
