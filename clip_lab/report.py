@@ -35,6 +35,12 @@ STUDENT = "<!-- Your text here: this part is yours; `python -m clip_lab report` 
 # keys that differ between the runs of a sweep by construction (names, seeds), not settings to report
 RUN_KEYS = ("run", "results_dir", "seed_everything", "data.seed", "ckpt_path")
 PDF_ENGINES = ("xelatex", "lualatex", "weasyprint", "wkhtmltopdf", "pdflatex")  # pandoc's, best Unicode first
+# for the HTML engines: pandoc's own page is a narrow column (36em) that cuts the wide recall tables off
+PDF_CSS = """@page { size: A4; margin: 1.6cm 1.4cm; }
+html { font-size: 10pt; } body { max-width: none; margin: 0; padding: 0; }
+table { font-size: 8pt; } th, td { padding: 2px 5px; } td { white-space: nowrap; }
+img { max-width: 100%; } pre, code { white-space: pre-wrap; word-break: break-all; font-size: 8pt; }
+"""
 
 
 def missing(what: str, command: str) -> str:
@@ -275,6 +281,11 @@ def zeroshot_results(path: Path | None, why: str, commands: RunCommands, tables:
              + ", ".join(f"`{c}`" for c in classes) + f"; {len(templates)} prompt templates ("
              + ", ".join(f"`{t}`" for t in templates[:3]) + (", …" if len(templates) > 3 else "")
              + f"); logit scale {result.get('logit_scale', float('nan')):.1f}; result file `{path}`."]
+    unknown = (result.get("unknown_words") or {}).get("classes") or {}
+    if unknown:
+        parts.append("**The text encoder does not know** " + "; ".join(
+            f"`{c}` ({', '.join(w)})" for c, w in unknown.items()) + ": those words are read as its unknown token, "
+            "so their classes' scores do not reflect them.")
     accuracy, chance = result.get("accuracy"), result.get("chance")
     tied = sum(1 for p in preds if p.get("tied"))
     if accuracy is not None and chance:
@@ -321,8 +332,14 @@ def query_results(path: Path | None, why: str, commands: RunCommands, manifest: 
     rows = [[r["rank"], f"{r['score']:.3f}", r.get("image_id"), r.get("file_name"), r.get("caption") or ""]
             for r in result["results"][:5]]
     name = f"search_{path.stem.removeprefix('text-')}"
-    return (f"Query **\"{result['query']['text']}\"** against the {result.get('gallery', {}).get('n', '?'):,} images "
-            f"of {result.get('split')} ({result.get('score', 'cosine similarity')}; result file `{path}`):\n\n"
+    text, unknown = result["query"]["text"], result["query"].get("unknown_words") or []
+    warn = ""
+    if unknown:  # the search job warned; the report must not present the ranking as if it did not
+        every = set(unknown) >= set(re.findall(r"\w+", text))
+        warn = (f" **The text encoder does not know {', '.join(f'`{w}`' for w in unknown)}**: read as its unknown "
+                "token, so the ranking " + ("says nothing about the query." if every else "rests on the other words."))
+    return (f"Query **\"{text}\"** against the {result.get('gallery', {}).get('n', '?'):,} images "
+            f"of {result.get('split')} ({result.get('score', 'cosine similarity')}; result file `{path}`).{warn}\n\n"
             + figure_link(name, manifest.get(name, {}), report_dir) + "\n\n"
             + markdown_table(("rank", "score", "image id", "file", "first caption"), rows))
 
@@ -441,8 +458,10 @@ def write_pdf(report: Path) -> Path | None:
         return None
     pdf = report.with_suffix(".pdf")
     tmp = pdf.with_name(f".{pdf.stem}.{os.getpid()}.tmp.pdf")  # pandoc picks the output format from the suffix
+    css = pdf.with_name(f".{pdf.stem}.{os.getpid()}.tmp.css")
+    css.write_text(PDF_CSS)
     args = [pandoc, report.name, "--from", "gfm", "--pdf-engine", engine, "--resource-path", ".",
-            "-V", "geometry:margin=2cm", "-o", tmp.name]
+            "-V", "geometry:margin=2cm", "--css", css.name, "--metadata", f"pagetitle={report.stem}", "-o", tmp.name]
     try:
         done = subprocess.run(args, cwd=report.parent, capture_output=True, text=True, timeout=600)
         if done.returncode == 0 and tmp.is_file():
@@ -453,6 +472,7 @@ def write_pdf(report: Path) -> Path | None:
         reason = f"{type(e).__name__}: {e}"
     finally:
         tmp.unlink(missing_ok=True)
+        css.unlink(missing_ok=True)
     log.warning("report: pandoc with %s could not write %s (%s); report.md is complete", engine, pdf, reason)
     return None
 

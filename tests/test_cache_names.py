@@ -61,7 +61,9 @@ def test_same_split_names_over_other_data_keep_their_own_valid_caches(roots, tex
     for name, root in roots.items():  # and every cache holds its own data
         split = load_coco_split(root, "val2014")
         pixels = image_cache.open_image_cache(cache, split, SIZE)
-        assert pixels is not None and np.array_equal(pixels[3], image_cache.decode_pil(split.image_path(3), SIZE))
+        # (within the 1 grey level by which nvJPEG, on a GPU machine, and PIL may differ; other data is far off)
+        decoded = image_cache.decode_pil(split.image_path(3), SIZE).astype(int)
+        assert pixels is not None and np.abs(pixels[3].astype(int) - decoded).mean() <= 1
         path = caption_cache.caption_cache_path(cache, split, text_model, 32)
         assert caption_cache.load_caption_cache(path, caption_cache.expected_meta(split, text_model, 32), split)
     dm.setup("test")

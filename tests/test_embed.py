@@ -13,7 +13,9 @@ from clip_lab.data.image_cache import decode_pil
 from clip_lab.module import ClipLab
 from clip_lab.text import TextEncoder
 
-ATOL = 5e-3 if torch.cuda.is_available() else 1e-4  # the job embeds in bf16 on a GPU
+# on a GPU the job embeds in bf16 (texts in fp16) from an nvJPEG-decoded cache; the references here are float32 CPU
+GPU = torch.cuda.is_available()
+ATOL, TEXT_ATOL = (2e-2, 2e-3) if GPU else (1e-4, 1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,7 @@ def test_a_split_gives_every_image_and_caption_with_their_links(trained_run, dem
     files = [split.image_path(i) for i in range(8)]
     assert torch.allclose(stored["image_embeddings"][:8], by_hand(model, files), atol=ATOL)
     expected = TextEncoder(text_model, 32).encode(split.captions[:10])
-    assert torch.allclose(stored["caption_embeddings"][:10], expected, atol=2e-3)  # the cache holds float16
+    assert torch.allclose(stored["caption_embeddings"][:10], expected, atol=2e-3 + TEXT_ATOL)  # the cache: float16
     assert torch.equal(stored["caption_image_row"], torch.from_numpy(split.caption_image))  # all readable
     assert stored["checkpoint"].endswith("best.ckpt") and len(stored["checkpoint_sha256"]) == 64
 
@@ -58,7 +60,8 @@ def test_a_folder_of_images_and_a_file_of_texts(trained_run, demo_root, text_mod
     texts.write_text("a red circle\n\n  a small blue square  \n", encoding="utf-8")
     result = embed.main(["--ckpt", ckpt, "--texts", str(texts)])
     assert result["texts"] == ["a red circle", "a small blue square"]
-    assert torch.allclose(result["text_embeddings"], TextEncoder(text_model, 32).encode(result["texts"]), atol=1e-5)
+    expected = TextEncoder(text_model, 32).encode(result["texts"])
+    assert torch.allclose(result["text_embeddings"], expected, atol=TEXT_ATOL)
     assert result["path"] == str(trained_run / "embeddings" / "texts-queries.pt")
     assert torch.load(result["path"], weights_only=True)["texts"] == result["texts"]
 
