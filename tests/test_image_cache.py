@@ -3,6 +3,7 @@ atomic writes."""
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,10 +178,15 @@ PHOTOS = {"640x480": (640, 480, {}), "480x640": (480, 640, {}), "1024x768": (102
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
+    """The photo-like JPEGs, and one real public photograph: matplotlib's sample `grace_hopper.jpg` (512 x 600, a
+    camera JPEG; a draft decode to 256 px moved it by 2.4 grey levels)."""
+    import matplotlib
+
     folder = tmp_path_factory.mktemp("photos")
     for seed, (name, (w, h, options)) in enumerate(PHOTOS.items()):
         photo_like(w, h, seed).save(folder / f"{name}.jpg", quality=90, **options)
-    return [folder / f"{name}.jpg" for name in PHOTOS]
+    return [folder / f"{name}.jpg" for name in PHOTOS] + [Path(matplotlib.get_data_path()) / "sample_data" /
+                                                           "grace_hopper.jpg"]
 
 
 def gpu_path(files, size, folder, device):
