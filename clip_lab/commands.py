@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 BASE_CONFIG = "configs/coco.yaml"
-EXAMPLE_QUERY = "sport"  # the lab's text -> image query
-EXAMPLE_CLASSES = ("person", "animal", "landscape")  # the lab's zero-shot classes
+# the lab's text -> image query and zero-shot classes; on the generated demo data, words its vocabulary has (the
+# lab's would all be unknown there: a tie for every image, a ranking that says nothing)
+EXAMPLES = {"lab": ("sport", ("person", "animal", "landscape")),
+            "demo": ("a red circle", ("circle", "square", "triangle", "diamond", "cross"))}
 
 
 def read_config(run_dir: Path) -> dict[str, Any] | None:
@@ -42,6 +45,15 @@ class RunCommands:
         return (self.config or {}).get("data") or {}
 
     @property
+    def examples(self) -> tuple[str, tuple[str, ...]]:
+        """(a text query, zero-shot classes) that mean something for this run's data."""
+        try:
+            generated = json.loads((self.run_dir / "run_stats.json").read_text())["data"]["generated"]
+        except (OSError, ValueError, KeyError, TypeError):
+            generated = False
+        return EXAMPLES["demo" if generated else "lab"]
+
+    @property
     def test_split(self) -> str:
         return self.data.get("test_split") or "val2014"
 
@@ -66,9 +78,9 @@ class RunCommands:
 
     @property
     def search(self) -> str:
-        return self._after_fit(f'python -m clip_lab search --ckpt {self.ckpt} --text "{EXAMPLE_QUERY}" --k 5')
+        return self._after_fit(f'python -m clip_lab search --ckpt {self.ckpt} --text "{self.examples[0]}" --k 5')
 
     @property
     def zeroshot(self) -> str:
         return self._after_fit(f"python -m clip_lab zeroshot --ckpt {self.ckpt} --images {self.test_split} "
-                               f"--classes {' '.join(EXAMPLE_CLASSES)}")
+                               f"--classes {' '.join(self.examples[1])}")

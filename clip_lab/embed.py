@@ -4,6 +4,7 @@ of texts, written to one `.pt` file for use elsewhere (numpy, FAISS, another not
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 import torch
@@ -12,6 +13,8 @@ from clip_lab.errors import ClipLabError
 from clip_lab.files import save_torch
 from clip_lab.infer import (add_checkpoint_args, caption_gallery, embed_files, image_gallery, list_images,
                             load_checkpoint, open_split, require_file, slug, text_encoder)
+
+log = logging.getLogger(__name__)
 
 
 def read_texts(path: str | Path) -> list[str]:
@@ -62,7 +65,12 @@ def main(argv: list[str] | None = None) -> dict:
                "file_names": [str(f.relative_to(root)) if root.is_dir() else f.name for f in files]}
         name = f"images-{slug(root.stem)}"
     else:
-        out = {"texts": texts, "text_embeddings": text_encoder(ckpt).encode(texts).float().cpu()}
+        encoder = text_encoder(ckpt)
+        unknown = encoder.unknown_words(texts)
+        if unknown:  # they embed as the unknown token: the rows would not reflect them
+            log.warning("%s: %s not in the text encoder's vocabulary (read as its unknown token)", args.texts,
+                        ", ".join(map(repr, unknown)))
+        out = {"texts": texts, "text_embeddings": encoder.encode(texts).float().cpu(), "unknown_words": unknown}
         name = f"texts-{slug(Path(args.texts).stem)}"
     path = Path(args.out) if args.out else ckpt.run_dir / "embeddings" / f"{name}.pt"
     save_torch(out | meta, path)

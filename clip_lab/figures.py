@@ -540,6 +540,14 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     ctx = Context(args)
     out = Path(args.out or Path("report") / args.run / "figures")
 
+    old_files = set()  # what figures.json said this folder held before (only those: other files are not ours)
+    if (out / "figures.json").is_file():
+        try:
+            previous = json.loads((out / "figures.json").read_text())
+            old_files = {Path(p).name for e in previous.values() if isinstance(e, dict)
+                         for k, p in e.items() if k in ("png", "pdf")}
+        except ValueError:
+            pass
     manifest: dict[str, dict[str, Any]] = {}
     jobs = figures(ctx)
     width = max(map(len, jobs)) + 1
@@ -554,13 +562,19 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
         entry: dict[str, Any] = save(fig, out, name)
         if ctx.not_found:  # never a silent grey square: the caption, the manifest and a warning say so
             n = len(ctx.not_found)
-            caption += (f" {n} of its pictures could not be found and are grey squares: "
-                        + ", ".join(ctx.not_found[:3]) + (" and more" if n > 3 else "") + ".")
+            what = "1 of its pictures could not be found and is a grey square" if n == 1 else \
+                f"{n} of its pictures could not be found and are grey squares"
+            caption += f" {what}: " + ", ".join(ctx.not_found[:3]) + (" and more" if n > 3 else "") + "."
             entry["images_not_found"] = ctx.not_found
-            log.warning("figure %s: %d pictures could not be found (neither the file nor the image cache), drawn as "
-                        "grey squares; first: %s", name, n, ctx.not_found[0])
+            log.warning("figure %s: %d picture%s could not be found (neither the file nor the image cache), drawn as "
+                        "grey squares; first: %s", name, n, "" if n == 1 else "s", ctx.not_found[0])
         manifest[name] = entry | {"caption": caption}
         print(f"{name:<{width}} {entry['png']} (+ .pdf)")
+    # the figures this folder held that this run of `figures` did not draw (another run's, a result since removed)
+    # would be picked up by whoever copies the folder: remove them
+    drawn = {Path(path).name for entry in manifest.values() for key, path in entry.items() if key in ("png", "pdf")}
+    for stale in old_files - drawn:
+        (out / stale).unlink(missing_ok=True)
     save_json(manifest, out / "figures.json")
     print(f"wrote {out / 'figures.json'}")
     return manifest

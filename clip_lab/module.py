@@ -328,9 +328,8 @@ class ClipLab(L.LightningModule):
         datamodule = self.trainer.datamodule
         protocol = datamodule.protocol_record(int(metrics["n_images"]), int(metrics["n_captions"]))
         if protocol["published_size"] is False:
-            log.warning("test: %d images evaluated, not the %d of protocol %s: %s; the numbers are not exactly "
-                        "comparable with published ones", metrics["n_images"], protocol["images"], protocol["name"],
-                        protocol["size_note"])
+            log.warning("test under protocol %s: %s; the numbers are not exactly comparable with published ones",
+                        protocol["name"], protocol["size_note"])
         result = {
             "dataset": datamodule.hparams.dataset,
             "split": datamodule.hparams.test_split,

@@ -41,7 +41,7 @@ class Protocol:
         notes = []
         if published is False and split_images is not None and split_images != self.images:
             notes.append(f"the test split has {split_images:,} images, not the {self.images:,} of protocol {self.name} "
-                         "(a subset of the dataset, or another split)")
+                         "(a subset of the dataset, another split, or other data in its layout)")
         if unreadable:
             notes.append(f"{unreadable:,} unreadable images of the split were skipped")
         if published is False and not notes:

@@ -39,8 +39,27 @@ PDF_ENGINES = ("xelatex", "lualatex", "weasyprint", "wkhtmltopdf", "pdflatex")  
 PDF_CSS = """@page { size: A4; margin: 1.6cm 1.4cm; }
 html { font-size: 10pt; } body { max-width: none; margin: 0; padding: 0; }
 table { font-size: 8pt; } th, td { padding: 2px 5px; } td { white-space: nowrap; }
-img { max-width: 100%; } pre, code { white-space: pre-wrap; word-break: break-all; font-size: 8pt; }
+img { max-width: 100%; } code { font-size: 0.9em; }
+pre, pre code { white-space: pre-wrap; word-break: break-all; font-size: 8pt; }
 """
+
+
+class Tables:
+    """The report's LaTeX tables folder: what this run of `report` writes, and the removal of tables it wrote before
+    that describe nothing now (a block gone missing, another run's report in the same folder)."""
+
+    NAMES = ("test_recall", "baselines", "ablations", "zeroshot_confusion", "training_time")
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.written = folder, set()
+
+    def write(self, name: str, latex: str) -> None:
+        save_text(latex, self.folder / f"{name}.tex")
+        self.written.add(name)
+
+    def remove_stale(self) -> None:
+        for name in set(self.NAMES) - self.written:
+            (self.folder / f"{name}.tex").unlink(missing_ok=True)
 
 
 def missing(what: str, command: str) -> str:
@@ -126,6 +145,9 @@ def methodology(commands: RunCommands, stats: dict[str, Any] | None) -> str:
     subset = recorded.get("val_subset", d.get("val_split") is None and d.get("val_images", 0) > 0)
     subset = " (a fixed seeded subset)" if subset else ""
     val_text = f"{n_val:,} images of {val_split}{subset}" if n_val else f"{val_split} (image count not recorded)"
+    if val_split == d.get("test_split"):  # the lab's COCO 2014 set-up: no third split
+        val_text += (" — the checkpoint is chosen on images the test also evaluates (no third split), which favours "
+                     "the test numbers slightly")
     train = recorded.get("train_images")
     train_text = f"{d.get('train_split')} ({train:,} images with captions)" if train else d.get("train_split")
     lrs = f"lr {m.get('lr')} (head, temperature) / {m.get('backbone_lr')} (backbone)"
@@ -175,7 +197,7 @@ def same_protocol(a: dict[str, Any], b: dict[str, Any]) -> bool:
         a["protocol"].get(k) == b["protocol"].get(k) for k in keys)
 
 
-def test_results(result: dict[str, Any] | None, commands: RunCommands, tables: Path,
+def test_results(result: dict[str, Any] | None, commands: RunCommands, tables: Tables,
                  baselines: dict[str, Any] | None = None) -> str:
     if result is None:
         return missing(f"no test results for run `{commands.run}`", commands.test)
@@ -187,9 +209,9 @@ def test_results(result: dict[str, Any] | None, commands: RunCommands, tables: P
         headers.append(f"{baselines['base']} CLIP, standard (%)")
         columns.append({k: v["mean"] for k, v in reference.items()})
     rows = recall_rows(columns)
-    save_text(latex_table(
+    tables.write("test_recall", latex_table(
         headers, rows, f"Test retrieval on {result['split']} ({m['n_images']} images, {m['n_captions']} captions)",
-        "tab:test_recall"), tables / "test_recall.tex")
+        "tab:test_recall"))
     uncaptioned = m["n_images"] - m.get("i2t_n", m["n_images"])
     note = (f" {uncaptioned} images have no caption: they are excluded from image → text (no ground truth) and stay "
             "in the gallery for text → image." if uncaptioned else "")
@@ -208,15 +230,15 @@ def test_results(result: dict[str, Any] | None, commands: RunCommands, tables: P
             + result.get("first_caption", {}).get("protocol", "first caption only: not recorded"))
 
 
-def baseline_results(result: dict[str, Any] | None, name: str, commands: RunCommands, tables: Path,
+def baseline_results(result: dict[str, Any] | None, name: str, commands: RunCommands, tables: Tables,
                      test: dict[str, Any] | None) -> str:
     if result is None:
         return missing(f"no reference baselines `{commands.results_dir}/{name}.json`", commands.baselines(name))
     from clip_lab.baselines import markdown, table
 
-    save_text(latex_table(
+    tables.write("baselines", latex_table(
         *table(result), f"Reference baselines on {result['split']} ({result['protocol']['name']}): test recall (%)",
-        "tab:baselines"), tables / "baselines.tex")
+        "tab:baselines"))
     other = ""
     if test is not None and not same_protocol(test, result):
         other = (f"**These baselines were evaluated on another gallery than run `{commands.run}`** "
@@ -256,21 +278,22 @@ def sweep_settings(summary: dict[str, Any], main_config: dict[str, Any] | None, 
     return "\n".join(lines)
 
 
-def ablation_results(summary: dict[str, Any] | None, name: str, commands: RunCommands, tables: Path) -> str:
+def ablation_results(summary: dict[str, Any] | None, name: str, commands: RunCommands, tables: Tables) -> str:
     if summary is None:
         return missing(f"no ablation sweep `{commands.results_dir}/{name}.json`", commands.sweep(name))
     from clip_lab.sweep import ablation_table
 
     headers, rows = ablation_table(summary["variants"], summary.get("order"))
     seeds = summary.get("seeds", [])
-    save_text(latex_table(headers, rows, f"Test recall (%) per variant, mean ± std over seeds {seeds}",
-                          "tab:ablations"), tables / "ablations.tex")
+    tables.write("ablations", latex_table(headers, rows,
+                                          f"Test recall (%) per variant, mean ± std over seeds {seeds}",
+                          "tab:ablations"))
     return (f"Test recall in % (standard protocol), mean ± std over seeds {seeds}. A difference is *beyond the seed "
             "spread* when it exceeds two standard errors of the difference of the means.\n\n"
             + markdown_table(headers, rows) + "\n\n" + sweep_settings(summary, commands.config, commands.run))
 
 
-def zeroshot_results(path: Path | None, why: str, commands: RunCommands, tables: Path,
+def zeroshot_results(path: Path | None, why: str, commands: RunCommands, tables: Tables,
                      manifest: dict[str, Any], report_dir: Path) -> str:
     result = read_json(path) if path else None
     if result is None or not result.get("predictions"):
@@ -284,11 +307,14 @@ def zeroshot_results(path: Path | None, why: str, commands: RunCommands, tables:
     unknown = (result.get("unknown_words") or {}).get("classes") or {}
     if unknown:
         parts.append("**The text encoder does not know** " + "; ".join(
-            f"`{c}` ({', '.join(w)})" for c, w in unknown.items()) + ": those words are read as its unknown token, "
-            "so their classes' scores do not reflect them.")
+            f"`{c}`" + ("" if words == [c] else f" ({', '.join(words)})") for c, words in unknown.items())
+            + ": those words are read as its unknown token, so their classes' scores do not reflect them.")
     accuracy, chance = result.get("accuracy"), result.get("chance")
     tied = sum(1 for p in preds if p.get("tied"))
-    if accuracy is not None and chance:
+    if accuracy is not None and not chance:  # ground truth, but of other classes: accuracy 0 of a chance of 0
+        parts.append("The images have ground truth, but none of these images' true classes is among the classes: "
+                     "there is no accuracy to measure." + (f" {tied} images had tied top classes." if tied else ""))
+    elif accuracy is not None:
         parts.append(f"**Accuracy {100 * accuracy:.1f} %** against a chance of {100 * chance:.1f} % "
                      f"({accuracy / chance:.1f} x chance)." + (f" {tied} images had tied top classes and count as "
                                                                 "wrong." if tied else ""))
@@ -302,7 +328,7 @@ def zeroshot_results(path: Path | None, why: str, commands: RunCommands, tables:
     return "\n\n".join(parts)
 
 
-def confusion(classes: list[str], preds: list[dict[str, Any]], tables: Path) -> str:
+def confusion(classes: list[str], preds: list[dict[str, Any]], tables: Tables) -> str:
     """Per-class accuracy and the confusion matrix of the images with one true class (rows: truth)."""
     single = [p for p in preds if len(set(p.get("truth") or []) & set(classes)) == 1]
     columns = [*classes, "tie"]
@@ -315,8 +341,9 @@ def confusion(classes: list[str], preds: list[dict[str, Any]], tables: Path) -> 
     for c in classes:
         n = sum(counts[c].values())
         rows.append([c, *[counts[c][k] for k in columns], n, f"{100 * counts[c][c] / n:.1f}" if n else "–"])
-    save_text(latex_table(headers, rows, "Zero-shot confusion matrix (images with one true class)",
-                          "tab:zeroshot_confusion"), tables / "zeroshot_confusion.tex")
+    tables.write("zeroshot_confusion", latex_table(headers, rows,
+                                                   "Zero-shot confusion matrix (images with one true class)",
+                          "tab:zeroshot_confusion"))
     several = len(preds) - len(single)
     tail = (f" {several} images show several of the classes (any of them counts as right) and are not in the matrix."
             if several else "")
@@ -344,7 +371,7 @@ def query_results(path: Path | None, why: str, commands: RunCommands, manifest: 
             + markdown_table(("rank", "score", "image id", "file", "first caption"), rows))
 
 
-def training_time(run_dirs: list[tuple[str, Path]], tables: Path, commands: RunCommands) -> str:
+def training_time(run_dirs: list[tuple[str, Path]], tables: Tables, commands: RunCommands) -> str:
     headers = ("run", "hardware", "precision", "epochs", "fit time", "s / epoch", "train images/s")
     rows, absent, total = [], [], 0.0
     for name, d in run_dirs:
@@ -360,7 +387,7 @@ def training_time(run_dirs: list[tuple[str, Path]], tables: Path, commands: RunC
                      f"{sum(rate) / len(rate):,.0f}" if rate else "–"])
     if not rows:
         return missing(f"no run_stats.json in run `{commands.run}` (fit records it)", commands.fit)
-    save_text(latex_table(headers, rows, "Training time and hardware", "tab:time"), tables / "training_time.tex")
+    tables.write("training_time", latex_table(headers, rows, "Training time and hardware", "tab:time"))
     note = f"\n\nNot recorded for: {', '.join(absent)}." if absent else ""
     return (markdown_table(headers, rows) + f"\n\nTotal training time over these runs: {total / 60:.1f} min. "
             "Images/s counts training only (validation excluded); time includes validation." + note)
@@ -498,7 +525,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     report = Path(args.out or Path("report") / args.run / "report.md")
     report_dir, results = report.parent, Path(args.results_dir)
-    figures_dir, tables = report_dir / "figures", report_dir / "tables"
+    figures_dir, tables = report_dir / "figures", Tables(report_dir / "tables")
     if args.no_figures:
         manifest = read_json(figures_dir / "figures.json") or {}
     else:
@@ -508,6 +535,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                  "--out", str(figures_dir)])
     commands = RunCommands(args.results_dir, args.run)
     run_dir = commands.run_dir
+    if commands.config is None:  # a typo, or a report started before the fit: say which runs there are
+        runs = sorted(str(c.parent.relative_to(results)) for c in results.glob("**/config.yaml"))
+        log.warning("report: no run %r in %s/ (runs there: %s); the report names the commands that produce it",
+                    args.run, results, ", ".join(runs[:12]) + (" ..." if len(runs) > 12 else "") if runs else "none")
     stats = read_json(run_dir / "run_stats.json")
     test = read_json(run_dir / "test_metrics.json")
     summary = read_json(results / f"{args.ablations}.json")
@@ -545,8 +576,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         text, gone = template(blocks), []
     save_text(text, report)
+    tables.remove_stale()
     pdf = None if args.no_pdf else write_pdf(report)
     n_missing = sum("**Missing:**" in b for b in blocks.values())
     print(f"wrote {report} ({len(blocks) - len(gone)} generated blocks, {n_missing} with missing pieces)"
-          + (f", {pdf}" if pdf else "") + f" and LaTeX tables in {tables}/")
+          + (f", {pdf}" if pdf else "") + f" and LaTeX tables in {tables.folder}/")
     return {"report": str(report), "blocks": blocks, "missing": n_missing, "pdf": str(pdf) if pdf else None}

@@ -181,7 +181,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--templates", default=str(TEMPLATES), help="YAML file with a `templates:` list")
     parser.add_argument("--show", type=int, default=16, help="images in the figure")
     parser.add_argument("--out", default=None,
-                        help="JSON output (the figure goes beside it as .png); default <run>/zeroshot/<images>.json")
+                        help="JSON output (the figure goes beside it as .png); default "
+                        "<run>/zeroshot/<images>_<classes>.json")
     args = parser.parse_args(argv)
 
     classes = check_classes(args.classes)
@@ -219,7 +220,9 @@ def main(argv: list[str] | None = None) -> dict:
         # a uniform guess is right with probability |truth among the classes| / |classes|, image by image
         chance = sum(len(set(lab) & set(classes)) for lab in labels) / len(classes) / len(labels)
 
-    out = Path(args.out) if args.out else ckpt.run_dir / "zeroshot" / f"{slug(Path(args.images).stem)}.json"
+    # named by the images and the classes: another class set on the same images is another result, not a replacement
+    name = f"{slug(Path(args.images).stem, 40)}_{slug('-'.join(classes), 60)}"
+    out = Path(args.out) if args.out else ckpt.run_dir / "zeroshot" / f"{name}.json"
     figure = out.with_suffix(".png")
     result = {"checkpoint": str(ckpt.path), "images": args.images, "source": images.source, "classes": classes,
               "templates": templates, "templates_file": str(args.templates), "logit_scale": ckpt.logit_scale,
@@ -260,7 +263,9 @@ def _print(result: dict) -> None:
     if result["accuracy"] is not None:
         a, c = result["accuracy"], result["chance"]
         ties = f"   {result['tied_images']} tied images counted wrong" if result["tied_images"] else ""
-        print((f"accuracy {a:.3f}   chance {c:.3f}   ({a / c:.1f} x chance)" if c else f"accuracy {a:.3f}") + ties)
+        print((f"accuracy {a:.3f}   chance {c:.3f}   ({a / c:.1f} x chance)" if c else
+               f"accuracy {a:.3f}: none of the images' true classes is among these classes, so there is nothing to "
+               "measure") + ties)
     elif result["tied_images"]:
         print(f"{result['tied_images']} images with tied top classes")
     print(f"wrote {result['json']} and {result['figure']}")

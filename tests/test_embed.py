@@ -66,6 +66,16 @@ def test_a_folder_of_images_and_a_file_of_texts(trained_run, demo_root, text_mod
     assert torch.load(result["path"], weights_only=True)["texts"] == result["texts"]
 
 
+def test_texts_with_words_the_encoder_does_not_know_are_named(trained_run, tmp_path, caplog):
+    texts = tmp_path / "q.txt"
+    texts.write_text("a red sport\nfootball match\na blue circle\n")
+    result = embed.main(["--ckpt", str(trained_run / "checkpoints" / "best.ckpt"), "--texts", str(texts),
+                         "--out", str(tmp_path / "q.pt")])
+    assert result["unknown_words"] == ["sport", "football", "match"]
+    warned = [r.message for r in caplog.records if "vocabulary" in r.message]
+    assert len(warned) == 1 and "'sport', 'football', 'match'" in warned[0]
+
+
 def test_bad_input_is_one_line(trained_run, tmp_path, capsys):
     ckpt = str(trained_run / "checkpoints" / "best.ckpt")
     empty = tmp_path / "empty.txt"

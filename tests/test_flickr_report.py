@@ -46,7 +46,7 @@ def run_report(flickr, *extra):
 
 def test_figures_show_the_datasets_own_pictures(flickr, tmp_path):
     manifest = figures.main(["--results_dir", str(flickr["results"]), "--run", "fl", "--out", str(tmp_path)])
-    drawn = {"search_a-red-circle_flickr8k_test", "zeroshot_test", "i2t_examples", "similarity"}
+    drawn = {"search_a-red-circle_flickr8k_test", "zeroshot_test_red-green-blue", "i2t_examples", "similarity"}
     assert drawn <= set(manifest)
     for name in drawn:
         assert "png" in manifest[name] and "images_not_found" not in manifest[name], (name, manifest[name])
@@ -125,6 +125,13 @@ def test_a_report_of_another_run_is_its_own_file_and_reusing_a_file_says_so(flic
     other = report.main(["--results_dir", str(flickr["results"]), "--run", "nothing_yet", "--no_pdf",
                          "--out", str(flickr["tmp"] / "report" / "nothing_yet" / "report.md")])
     assert "(run `nothing_yet`)" in Path(other["report"]).read_text() and "(run `fl`)" in out.read_text()
+    assert any("no run 'nothing_yet'" in r.message and "fl" in r.message.split("runs there: ")[1].rstrip(")").split(
+        ")")[0].split(", ") for r in caplog.records)
+    assert (out.parent / "figures" / "zeroshot_test_red-green-blue.png").is_file()
+    assert (out.parent / "tables" / "test_recall.tex").is_file()
     report.main(["--results_dir", str(flickr["results"]), "--run", "nothing_yet", "--out", str(out), "--no_pdf"])
     assert "(run `nothing_yet`)" in out.read_text()
     assert any("was about run fl" in r.message for r in caplog.records)
+    # nothing of run fl is left beside it for whoever copies the folder: figures and tables describe this run only
+    assert not (out.parent / "figures" / "zeroshot_test_red-green-blue.png").exists()
+    assert not (out.parent / "tables" / "test_recall.tex").exists()

@@ -100,7 +100,7 @@ def test_a_gallery_off_the_published_size_says_why():
     subset = flickr.record(150, 750, split_images=150)
     assert subset["published_size"] is False and subset["unreadable_skipped"] == 0
     assert subset["size_note"] == ("the test split has 150 images, not the 1,000 of protocol flickr1k (a subset of "
-                                   "the dataset, or another split)")
+                                   "the dataset, another split, or other data in its layout)")
     skipped = flickr.record(997, 4985, split_images=1000, unreadable=3)
     assert skipped["size_note"] == "3 unreadable images of the split were skipped"
     both = flickr.record(147, 735, split_images=150, unreadable=3)

@@ -69,6 +69,8 @@ def test_report_fills_tables_from_runs_and_keeps_the_students_text(trained_run, 
     std, first = metrics["metrics"], metrics["first_caption"]["metrics"]
     assert f"| image → text R@1 | {100 * std['i2t_R@1']:.1f} | {100 * first['i2t_R@1']:.1f} |" in text
     assert "torchvision `resnet18`" in text and "symmetric InfoNCE" in text
+    assert "validate on 64 images of val2014 (a fixed seeded subset) — the checkpoint is chosen on images the test " \
+           "also evaluates" in text  # the lab's COCO 2014 set-up has no third split: said, not hidden
     assert "| bn_head |" in text and "| +60.0 (" in text  # Δ R-sum 2.7 - 2.1 in %, then 2 SE
     assert "| t | 1 x " in text  # the training-time table read run_stats.json
     for table in ("test_recall", "ablations", "training_time"):
@@ -109,8 +111,7 @@ def lab_outputs(trained_run, tmp_path_factory):
     zeroshot.main(["--ckpt", ckpt, "--images", "val2014", "--classes", "circle", "square", "triangle", "diamond",
                    "cross"])
     time.sleep(0.05)  # distinct modification times: "newest" must not depend on the clock's resolution
-    zeroshot.main(["--ckpt", ckpt, "--images", "val2014", "--classes", "person", "animal", "landscape",
-                   "--out", str(results / "t" / "zeroshot" / "people.json")])
+    zeroshot.main(["--ckpt", ckpt, "--images", "val2014", "--classes", "person", "animal", "landscape"])
     search.main(["--ckpt", ckpt, "--text", "a red circle", "--k", "5"])
     return results
 
@@ -119,10 +120,13 @@ def test_zero_shot_and_the_query_have_their_own_sections(lab_outputs, tmp_path):
     args = ["--results_dir", str(lab_outputs), "--run", "t", "--out", str(tmp_path / "report.md"), "--no_pdf"]
     newest = main(args)["blocks"]["zeroshot"]
     assert "`person`, `animal`, `landscape`" in newest and "result file" in newest  # the newest by default
-    assert "figures/zeroshot_people.png" in newest
-    shapes = main([*args, "--zeroshot", "val2014"])["blocks"]
+    assert "figures/zeroshot_val2014_person-animal-landscape.png" in newest
+    # the demo's shapes know no person: accuracy and chance 0 say nothing, and the section says so
+    assert "none of these images' true classes is among the classes" in newest and "Accuracy" not in newest
+    shapes = main([*args, "--zeroshot", "val2014_circle-square-triangle-diamond-cross"])["blocks"]
     block = shapes["zeroshot"]
-    result = json.loads((lab_outputs / "t" / "zeroshot" / "val2014.json").read_text())
+    result = json.loads((lab_outputs / "t" / "zeroshot" / "val2014_circle-square-triangle-diamond-cross.json")
+                        .read_text())
     assert f"**Accuracy {100 * result['accuracy']:.1f} %** against a chance of {100 * result['chance']:.1f} %" in block
     # the confusion matrix, counted here from the predictions of the images with one shape
     single = [p for p in result["predictions"] if len(set(p["truth"])) == 1]
@@ -178,3 +182,12 @@ def test_a_real_pdf_of_a_real_report(trained_run, tmp_path):
     shutil.copytree(trained_run, results / "t")
     out = main(["--results_dir", str(results), "--run", "t", "--out", str(tmp_path / "report" / "report.md")])
     assert out["pdf"] and open(out["pdf"], "rb").read(5) == b"%PDF-" and os.path.getsize(out["pdf"]) > 10_000
+
+
+def test_suggested_queries_and_classes_fit_the_runs_data(trained_run, tmp_path):
+    from clip_lab.commands import RunCommands
+
+    demo = RunCommands(trained_run.parent, trained_run.name)  # generated demo data: words its vocabulary has
+    assert '--text "a red circle"' in demo.search and "--classes circle square triangle diamond cross" in demo.zeroshot
+    other = RunCommands(tmp_path, "baseline")  # any other data: the lab's own query and classes
+    assert '--text "sport"' in other.search and "--classes person animal landscape" in other.zeroshot

@@ -57,8 +57,8 @@ def test_split_probabilities_accuracy_and_chance_are_what_they_say(trained_run, 
         assert sum(p["probs"].values()) == pytest.approx(1, abs=1e-4)
         assert p["predicted"] == max(p["probs"], key=p["probs"].get) and p["probability"] == p["probs"][p["predicted"]]
 
-    out = trained_run / "zeroshot" / "val2014.json"
-    assert json.loads(out.read_text())["accuracy"] == result["accuracy"]
+    out = trained_run / "zeroshot" / "val2014_circle-square-triangle-diamond-cross.json"  # images and classes
+    assert result["json"] == str(out) and json.loads(out.read_text())["accuracy"] == result["accuracy"]
     with Image.open(out.with_suffix(".png")) as figure:
         assert figure.format == "PNG" and min(figure.size) > 200
     printed = capsys.readouterr().out
@@ -100,7 +100,7 @@ def test_one_image_file_with_own_templates(trained_run, demo_root, tmp_path):
     assert result["n_images"] == 1 and result["source"]["kind"] == "file" and result["accuracy"] is None
     assert result["templates"] == ["a {}", "a picture of a {}"]
     assert set(result["predictions"][0]["probs"]) == {"circle", "square"}
-    assert (trained_run / "zeroshot" / "coco-val2014-000001000003.png").is_file()
+    assert (trained_run / "zeroshot" / "coco-val2014-000001000003_circle-square.png").is_file()
 
 
 @pytest.mark.parametrize("change, message", [

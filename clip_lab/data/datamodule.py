@@ -14,7 +14,7 @@ from torch import Tensor
 
 from clip_lab.data.caption_cache import caption_cache_path, caption_embeddings, ensure_caption_cache, expected_meta
 from clip_lab.augment import augment, center_crop
-from clip_lab.data.datasets import check_dataset_files, data_title, load_split
+from clip_lab.data.datasets import DEMO_DESCRIPTION, check_dataset_files, data_title, load_split
 from clip_lab.data.split import CaptionedSplit
 from clip_lab.data.loader import CachedBatchLoader
 from clip_lab.data import image_cache
@@ -245,7 +245,8 @@ class RetrievalData(L.LightningDataModule):
         train = self.split(hp.train_split)
         val_split = self.eval_split("val")
         n_val = len(self.eval_images("val"))
-        return {"dataset": hp.dataset, "title": data_title(hp.dataset, train.description), "data_root": hp.data_root,
+        return {"dataset": hp.dataset, "title": data_title(hp.dataset, train.description),
+                "generated": train.description.startswith(DEMO_DESCRIPTION), "data_root": hp.data_root,
                 "train_split": hp.train_split,
                 "train_images": len(self._train_sampler(self.usable_images(hp.train_split)).images),
                 "val_split": val_split, "val_images": n_val, "val_subset": n_val < len(self.usable_images(val_split)),
