@@ -1,4 +1,4 @@
-"""Named test protocols (COCO 5k / 1k, Flickr 1k, full val2014): the split, folds and captions a published number uses."""
+"""Named test protocols (COCO 5k / 1k, Flickr 1k, val2014, val2017): the split, folds and captions a number uses."""
 
 from __future__ import annotations
 
@@ -61,10 +61,13 @@ PROTOCOLS = {p.name: p for p in (
              FLICKR_TEST, folds=1, captions_per_image=5, images=1000),
     Protocol("val2014", "all of COCO val2014: 40,504 images with all their captions", (("coco", "val2014"),),
              images=40504),
+    Protocol("val2017", "all of COCO val2017: 5,000 images with all their captions", (("coco", "val2017"),),
+             images=5000),
     Protocol("full", "every image of the test split with all its captions"),
 )}
 
-DEFAULTS = {("coco_karpathy", "test"): "coco5k", ("coco", "val2014"): "val2014", **{d: "flickr1k" for d in FLICKR_TEST}}
+DEFAULTS = {("coco_karpathy", "test"): "coco5k", ("coco", "val2014"): "val2014", ("coco", "val2017"): "val2017",
+            **{d: "flickr1k" for d in FLICKR_TEST}}
 
 
 def resolve_protocol(name: str, dataset: str, split: str) -> Protocol:

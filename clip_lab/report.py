@@ -110,7 +110,8 @@ def title(config: dict[str, Any] | None, stats: dict[str, Any] | None, run: str)
     if config is None:  # no such run (yet): nothing to say about its data
         return f"# Fine-tuning CLIP: image–text retrieval (run `{run}`)"
     data = (stats or {}).get("data") or {}
-    dataset = data.get("title") or data_title((config.get("data") or {}).get("dataset", "coco"))
+    d = config.get("data") or {}
+    dataset = data.get("title") or data_title(d.get("dataset", "coco"), split=d.get("train_split", ""))
     return f"# Fine-tuning CLIP: image–text retrieval on {dataset} (run `{run}`)"
 
 
@@ -152,7 +153,8 @@ def methodology(commands: RunCommands, stats: dict[str, Any] | None) -> str:
     train_text = f"{d.get('train_split')} ({train:,} images with captions)" if train else d.get("train_split")
     lrs = f"lr {m.get('lr')} (head, temperature) / {m.get('backbone_lr')} (backbone)"
     rows = [
-        ("Data", f"{recorded.get('title') or data_title(d.get('dataset', 'coco'))}, `{d.get('data_root')}` "
+        ("Data", f"{recorded.get('title') or data_title(d.get('dataset', 'coco'), split=d.get('train_split', ''))}, "
+         f"`{d.get('data_root')}` "
          f"(`data.dataset: {d.get('dataset', 'coco')}`)"),
         ("Splits", f"train on {train_text}, validate on {val_text}, test on {d.get('test_split')} (protocol "
          f"`{recorded.get('protocol') or d.get('protocol', 'auto')}`; see 3.1)"),

@@ -173,3 +173,26 @@ def write_karpathy(root: Path, dataset: str = "coco", seed: int = 0) -> Expected
     split_defects.setdefault(empty, {})["empty_captions"] = 1
     file_defects = {"unknown_split_images": 1, "duplicate_images": 1, "duplicate_captions": 1}
     return Expected(ann, root if coco else root / KARPATHY_IMAGES[dataset], images, file_defects, split_defects)
+
+
+COCO2017_INFO = {"description": "COCO 2017 Dataset", "url": "http://cocodataset.org", "version": "1.0", "year": 2017,
+                 "contributor": "COCO Consortium", "date_created": "2017/09/01"}
+
+
+def write_coco2017(root: Path, n_train: int = 24, n_val: int = 12, seed: int = 0) -> Path:
+    """The official COCO 2017 layout: `train2017/`, `val2017/` of `<12-digit id>.jpg` files and
+    `annotations/captions_{train,val}2017.json` with the release's info block, licenses and image fields."""
+    from clip_lab.data.synthetic import make_split
+
+    for split, n, first in (("train2017", n_train, 1), ("val2017", n_val, 500_001)):
+        make_split(root, split, n, seed + first, first, 10 * first, sides=SIDES, file_name="{id:012d}.jpg")
+        ann = root / "annotations" / f"captions_{split}.json"
+        data = json.loads(ann.read_text())
+        data["info"], data["licenses"] = COCO2017_INFO, [{"url": "http://creativecommons.org/licenses/by/2.0/",
+                                                          "id": 4, "name": "Attribution License"}]
+        for image in data["images"]:
+            image.pop("demo_shapes")
+            image.update(license=4, coco_url=f"http://images.cocodataset.org/{split}/{image['file_name']}",
+                         date_captured="2013-11-14 11:18:45", flickr_url="http://farm3.staticflickr.com/x.jpg")
+        ann.write_text(json.dumps(data))
+    return root

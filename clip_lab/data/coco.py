@@ -1,4 +1,4 @@
-"""The official COCO 2014 captions files -> a `CaptionedSplit`, read with pycocotools."""
+"""The official COCO captions files (2014 and 2017 releases) -> a `CaptionedSplit`, read with pycocotools."""
 
 from __future__ import annotations
 
@@ -15,12 +15,21 @@ log = logging.getLogger(__name__)
 COCO_DOWNLOAD = {
     "train2014": "http://images.cocodataset.org/zips/train2014.zip",
     "val2014": "http://images.cocodataset.org/zips/val2014.zip",
-    "annotations": "http://images.cocodataset.org/annotations/annotations_trainval2014.zip",
+    "annotations2014": "http://images.cocodataset.org/annotations/annotations_trainval2014.zip",
+    "train2017": "http://images.cocodataset.org/zips/train2017.zip",
+    "val2017": "http://images.cocodataset.org/zips/val2017.zip",
+    "annotations2017": "http://images.cocodataset.org/annotations/annotations_trainval2017.zip",
 }
+COCO_SPLITS = ("train2014", "val2014", "train2017", "val2017")  # 2017 re-splits the same images: 118,287 / 5,000
+
+
+def annotations_download(split: str) -> str:
+    """The official zip holding `captions_<split>.json`."""
+    return COCO_DOWNLOAD[f"annotations{split[-4:]}"]
 
 
 def coco_paths(data_root: str | Path, split: str) -> tuple[Path, Path]:
-    """(image folder, captions json) of a COCO 2014 split, in the layout of the official zips."""
+    """(image folder, captions json) of a COCO split (train2014, val2017, ...), in the layout of the official zips."""
     root = Path(data_root)
     return root / split, root / "annotations" / f"captions_{split}.json"
 
@@ -33,10 +42,11 @@ def check_coco_files(data_root: str | Path, splits: list[str]) -> None:
         if not image_dir.is_dir():
             missing.append(f"{image_dir}/ (images: {COCO_DOWNLOAD.get(split, 'the official download page')})")
         if not ann.is_file():
-            missing.append(f"{ann} (captions: {COCO_DOWNLOAD['annotations']})")
+            missing.append(f"{ann} (captions: {annotations_download(split)})")
     if missing:
+        years = " and ".join(sorted({s[-4:] for s in splits}))
         raise ClipLabError(
-            f"COCO 2014 files missing under data_root={data_root}: " + "; ".join(missing)
+            f"COCO {years} files missing under data_root={data_root}: " + "; ".join(missing)
             + ". Unzip the official files (https://cocodataset.org/#download) into data_root, "
             "or run `python -m clip_lab demo` for a generated dataset that needs no download"
         )
@@ -53,8 +63,8 @@ def load_coco_split(data_root: str | Path, split: str) -> CaptionedSplit:
             coco = COCO(str(ann))
     except (ValueError, KeyError, TypeError) as e:
         raise ClipLabError(f"{ann} is not a COCO captions file ({type(e).__name__}: {e}); "
-                           f"re-download it from {COCO_DOWNLOAD['annotations']}") from e
-    fix = f"re-download it from {COCO_DOWNLOAD['annotations']}"
+                           f"re-download it from {annotations_download(split)}") from e
+    fix = f"re-download it from {annotations_download(split)}"
     info = coco.dataset.get("info")
     description = info.get("description", "") if isinstance(info, dict) else ""
     return build_split(split, ann, image_dir, [(int(i), im["file_name"]) for i, im in coco.imgs.items()],

@@ -37,7 +37,7 @@ class RetrievalData(L.LightningDataModule):
 
     Args:
         dataset: the files' format and layout under `data_root` (see `clip_lab.data.datasets`): "coco" (official
-            COCO 2014: `<split>/` image folders, `annotations/captions_<split>.json`), "coco_karpathy"
+            COCO 2014 or 2017: `<split>/` image folders, `annotations/captions_<split>.json`), "coco_karpathy"
             (`dataset_coco.json`), "flickr8k" (the official text files), "flickr8k_karpathy", "flickr30k".
         data_root: the folder holding the dataset's files.
         text_model: Hugging Face id or local directory of the frozen CLIP text tower that embeds the captions
@@ -245,7 +245,7 @@ class RetrievalData(L.LightningDataModule):
         train = self.split(hp.train_split)
         val_split = self.eval_split("val")
         n_val = len(self.eval_images("val"))
-        return {"dataset": hp.dataset, "title": data_title(hp.dataset, train.description),
+        return {"dataset": hp.dataset, "title": data_title(hp.dataset, train.description, hp.train_split),
                 "generated": train.description.startswith(DEMO_DESCRIPTION), "data_root": hp.data_root,
                 "train_split": hp.train_split,
                 "train_images": len(self._train_sampler(self.usable_images(hp.train_split)).images),

@@ -6,13 +6,13 @@ from pathlib import Path
 from typing import NamedTuple, Sequence
 
 from clip_lab.data import flickr8k, karpathy
-from clip_lab.data.coco import COCO_DOWNLOAD, check_coco_files, load_coco_split
+from clip_lab.data.coco import COCO_DOWNLOAD, COCO_SPLITS, check_coco_files, load_coco_split
 from clip_lab.data.split import CaptionedSplit
 from clip_lab.errors import ClipLabError
 
 DATASETS: tuple[str, ...] = ("coco", "coco_karpathy", "flickr8k", "flickr8k_karpathy", "flickr30k")
 KARPATHY = {"coco_karpathy": "coco", "flickr8k_karpathy": "flickr8k", "flickr30k": "flickr30k"}  # -> file's "dataset"
-COCO_SPLITS = ("train2014", "val2014")
+KARPATHY_COCO_FOLDERS = ("train2014", "val2014")  # Karpathy's COCO split names files of the 2014 release
 FLICKR8K_IMAGES = ("Flicker8k_Dataset", "Flickr8k_Dataset")  # the official zip's spelling, then the corrected one
 FLICKR8K_TEXT = (".", "Flickr8k_text")  # Flickr8k_text.zip unzipped into data_root, or into its own folder
 KARPATHY_SOURCE = f"Karpathy's splits: caption_datasets.zip from {karpathy.KARPATHY_URL}"
@@ -26,10 +26,13 @@ TITLES = {"coco": "MS COCO 2014", "coco_karpathy": "MS COCO 2014 (Karpathy's spl
 DEMO_DESCRIPTION = "clip_lab generated demo data"  # how synthetic.py's captions json begins its info.description
 
 
-def data_title(dataset: str, description: str = "") -> str:
-    """What a report calls the data: the dataset's name, or the demo's when its files say they are generated."""
+def data_title(dataset: str, description: str = "", split: str = "") -> str:
+    """What a report calls the data (`split`: one of it, which names the COCO release): the dataset's name, or the
+    demo's when its files say they are generated."""
     if description.startswith(DEMO_DESCRIPTION):
         return "clip_lab's generated demo data (COCO 2014 layout)"
+    if dataset == "coco" and split.endswith("2017"):
+        return "MS COCO 2017"
     return TITLES.get(dataset, dataset)
 
 
@@ -81,25 +84,83 @@ def _needs(dataset: str, root: Path) -> dict[str, _Need]:
         return {**text, "images": flickr8k_images}
     annotations = _Need((root / f"dataset_{KARPATHY[dataset]}.json",), KARPATHY_SOURCE)
     if dataset == "coco_karpathy":  # train comes from train2014; restval, val and test from val2014
-        folders = {s: _Need((root / s,), f"images: {COCO_DOWNLOAD[s]}", folder=True) for s in COCO_SPLITS}
+        folders = {s: _Need((root / s,), f"images: {COCO_DOWNLOAD[s]}", folder=True)
+                   for s in KARPATHY_COCO_FOLDERS}
         return {"annotations": annotations, **folders}
     if dataset == "flickr8k_karpathy":
         return {"annotations": annotations, "images": flickr8k_images}
     return {"annotations": annotations, "images": _Need((root / "flickr30k-images",), FLICKR30K_SOURCE, folder=True)}
 
 
+class Layout(NamedTuple):
+    """A known way a dataset's files lie in a folder: what it is, the files that give it away, how to read it."""
+
+    name: str
+    dataset: str  # the data.dataset that reads it
+    markers: tuple[str, ...]  # paths under data_root, all present (a trailing "/" marks a folder)
+    overlay: str  # the config overlay (or option) that reads it, as the user types it
+    splits: tuple[str, ...] = ()  # for COCO: the splits the layout has, when the dataset is the same
+
+
+LAYOUTS = (
+    Layout("COCO 2014", "coco", ("train2014/", "annotations/captions_train2014.json"), "-c configs/coco.yaml",
+           ("train2014", "val2014")),
+    Layout("COCO 2014", "coco", ("val2014/", "annotations/captions_val2014.json"), "-c configs/coco.yaml",
+           ("train2014", "val2014")),
+    Layout("COCO 2017", "coco", ("train2017/", "annotations/captions_train2017.json"),
+           "-c configs/datasets/coco2017.yaml", ("train2017", "val2017")),
+    Layout("COCO 2017", "coco", ("val2017/", "annotations/captions_val2017.json"),
+           "-c configs/datasets/coco2017.yaml", ("train2017", "val2017")),
+    Layout("Karpathy's COCO splits", "coco_karpathy", ("dataset_coco.json",),
+           "-c configs/datasets/coco_karpathy.yaml"),
+    Layout("the official Flickr8k files", "flickr8k", ("Flickr8k.token.txt",), "-c configs/datasets/flickr8k.yaml"),
+    Layout("the official Flickr8k files", "flickr8k", ("Flickr8k_text/Flickr8k.token.txt",),
+           "-c configs/datasets/flickr8k.yaml"),
+    Layout("Karpathy's Flickr8k split", "flickr8k_karpathy", ("dataset_flickr8k.json",),
+           "-c configs/datasets/flickr8k.yaml --data.dataset flickr8k_karpathy"),
+    Layout("Karpathy's Flickr30k split", "flickr30k", ("dataset_flickr30k.json",),
+           "-c configs/datasets/flickr30k.yaml"),
+)
+
+
+def detect_layouts(data_root: str | Path) -> list[Layout]:
+    """The known layouts whose files lie under `data_root`, each once by (name, dataset)."""
+    root = Path(data_root)
+    found = [layout for layout in LAYOUTS if all((root / m).is_dir() if m.endswith("/") else (root / m).is_file()
+                                                  for m in layout.markers)]
+    return list({(layout.name, layout.dataset): layout for layout in found}.values())
+
+
+def _other_layout(dataset: str, data_root: str | Path, splits: Sequence[str]) -> str | None:
+    """One line naming a layout found under `data_root` that is not the configured one, and what reads it."""
+    others = [layout for layout in detect_layouts(data_root)
+              if layout.dataset != dataset or (layout.splits and not set(splits) <= set(layout.splits))]
+    if not others:
+        return None
+    found = "; ".join(f"{layout.name} (read with {layout.overlay})" for layout in others)
+    return (f"data_root={data_root} holds {found}, not the files data.dataset={dataset} with splits "
+            f"{', '.join(splits)} needs")
+
+
 def check_dataset_files(dataset: str, data_root: str | Path, splits: Sequence[str]) -> None:
-    """Stop before any work on an unknown dataset or split, or with one error naming every missing file."""
+    """Stop before any work on an unknown dataset or split, or with one error naming every missing file (or, when
+    data_root holds another known layout, naming that and how to read it)."""
     for split in splits:
         check_split_name(_checked(dataset), split)
-    if dataset == "coco":
-        check_coco_files(data_root, list(splits))
-        return
-    missing = [need.describe() for need in _needs(dataset, Path(data_root)).values() if need.found() is None]
-    if missing:
-        raise ClipLabError(f"{dataset} files missing under data_root={data_root}: " + "; ".join(missing)
-                           + ". Put them there, or run `python -m clip_lab demo` for a generated dataset that needs "
-                           "no download")
+    try:
+        if dataset == "coco":
+            check_coco_files(data_root, list(splits))
+            return
+        missing = [need.describe() for need in _needs(dataset, Path(data_root)).values() if need.found() is None]
+        if missing:
+            raise ClipLabError(f"{dataset} files missing under data_root={data_root}: " + "; ".join(missing)
+                               + ". Put them there, or run `python -m clip_lab demo` for a generated dataset that "
+                               "needs no download")
+    except ClipLabError as e:
+        other = _other_layout(dataset, data_root, splits)
+        if other is None:
+            raise
+        raise ClipLabError(other) from e
 
 
 def load_split(dataset: str, data_root: str | Path, split: str) -> CaptionedSplit:

@@ -106,11 +106,12 @@ def write_shape_image(path: str | Path, rng: random.Random, sides: tuple[int, in
 
 def make_split(root: Path, split: str, n_images: int, seed: int, first_image_id: int, first_ann_id: int,
                sides: tuple[int, int] = (100, 200), sizes: Sequence[tuple[int, int]] | None = None,
-               workers: int = 1) -> None:
+               workers: int = 1, file_name: str = "COCO_{split}_{id:012d}.jpg") -> None:
     """Write `root/<split>/*.jpg` and `root/annotations/captions_<split>.json` in the official COCO 2014 format.
 
     Width and height are each drawn from the range `sides`, or (width, height) from the list `sizes` when given
     (e.g. `COCO_SIZES`); `workers` processes render and encode the JPEGs (the content depends on `seed` alone).
+    `file_name` names each image: COCO 2014's pattern by default, `{id:012d}.jpg` for 2017's.
     """
     rng = random.Random(seed)
     (root / split).mkdir(parents=True, exist_ok=True)
@@ -118,9 +119,9 @@ def make_split(root: Path, split: str, n_images: int, seed: int, first_image_id:
     for k in range(n_images):
         image_id = first_image_id + k
         spec = _spec(rng, sides, sizes)
-        file_name = f"COCO_{split}_{image_id:012d}.jpg"
-        tasks.append((spec, str(root / split / file_name)))
-        images.append({"id": image_id, "file_name": file_name, "width": spec["w"], "height": spec["h"],
+        name = file_name.format(split=split, id=image_id)
+        tasks.append((spec, str(root / split / name)))
+        images.append({"id": image_id, "file_name": name, "width": spec["w"], "height": spec["h"],
                        "demo_shapes": [o["shape"] for o in spec["objects"]]})
         for caption in _captions(spec["objects"]):
             annotations.append({"id": first_ann_id + len(annotations), "image_id": image_id, "caption": caption})
