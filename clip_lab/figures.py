@@ -80,8 +80,9 @@ def thumbnail(ref: dict[str, Any] | None, size: int = THUMB) -> np.ndarray | Non
     ref = ref or {}
     if ref.get("file"):
         try:
-            with Image.open(ref["file"]) as img:
-                return np.asarray(ImageOps.fit(img.convert("RGB"), (size, size), Image.Resampling.BICUBIC))
+            with Image.open(ref["file"]) as img:  # upright, as the image cache stores it
+                upright = ImageOps.exif_transpose(img).convert("RGB")
+                return np.asarray(ImageOps.fit(upright, (size, size), Image.Resampling.BICUBIC))
         except (OSError, ValueError, Image.DecompressionBombError):
             pass
     if ref.get("image_cache") and isinstance(ref.get("cache_row"), int):

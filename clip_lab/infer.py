@@ -196,7 +196,7 @@ def is_split(ckpt: Checkpoint, name: str) -> bool:
 def open_split(ckpt: Checkpoint, name: str) -> CaptionedSplit:
     """The split `name` of the checkpoint's dataset; one clear line when it is not there."""
     # load_split checks first: it names the missing files, or the dataset's split names
-    return datasets.load_split(ckpt.data["dataset"], ckpt.data["data_root"], name)
+    return datasets.load_split(ckpt.data["dataset"], ckpt.data["data_root"], name, ckpt.data["split_seed"])
 
 
 def image_gallery(ckpt: Checkpoint, split: CaptionedSplit) -> tuple[Tensor, np.ndarray, Path]:

@@ -333,6 +333,7 @@ class ClipLab(L.LightningModule):
         result = {
             "dataset": datamodule.hparams.dataset,
             "split": datamodule.hparams.test_split,
+            "split_origin": datamodule.split(datamodule.hparams.test_split).origin or None,
             "checkpoint": str(self.trainer.ckpt_path) if self.trainer.ckpt_path else None,
             "protocol": protocol,
             "metrics": metrics,

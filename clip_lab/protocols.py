@@ -10,7 +10,8 @@ from clip_lab.errors import ClipLabError
 RULE = ("image->text counts a hit at K when any of the image's captions ranks in the top K; text->image when the "
         "caption's own image does; ties count against the model")
 
-FLICKR_TEST = (("flickr8k", "test"), ("flickr8k_karpathy", "test"), ("flickr30k", "test"))
+FLICKR_TEST = (("flickr8k", "test"), ("flickr8k_karpathy", "test"), ("flickr30k", "test"), ("flickr8k_kaggle", "test"),
+               ("flickr30k_kaggle", "test"))
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,8 @@ class Protocol:
         published = None if self.images is None else n_images == self.images
         notes = []
         if published is False and split_images is not None and split_images != self.images:
-            notes.append(f"the test split has {split_images:,} images, not the {self.images:,} of protocol {self.name} "
+            notes.append(f"the test split has {split_images:,} image{'' if split_images == 1 else 's'}, not the "
+                         f"{self.images:,} of protocol {self.name} "
                          "(a subset of the dataset, another split, or other data in its layout)")
         if unreadable:
             notes.append(f"{unreadable:,} unreadable images of the split were skipped")

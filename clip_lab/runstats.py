@@ -51,6 +51,10 @@ class RunStats(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._t_fit = self._now(pl_module)
         data = trainer.datamodule.describe() if hasattr(trainer.datamodule, "describe") else None
+        lists = trainer.datamodule.split_lists() if hasattr(trainer.datamodule, "split_lists") else None
+        log_dir = trainer.log_dir  # a collective under DDP: every rank asks, rank 0 writes
+        if lists is not None and trainer.is_global_zero and log_dir:  # a split clip_lab drew: keep its images
+            save_json({"origin": data and data["split_origin"], "images": lists}, Path(log_dir) / "split_lists.json")
         self.stats = {"hardware": hardware(trainer), "data": data, "epochs": [], "fit_seconds": None,
                       "finished": False}
 

@@ -196,3 +196,75 @@ def write_coco2017(root: Path, n_train: int = 24, n_val: int = 12, seed: int = 0
                          date_captured="2013-11-14 11:18:45", flickr_url="http://farm3.staticflickr.com/x.jpg")
         ann.write_text(json.dumps(data))
     return root
+
+
+def odd_jpegs(paths: list[Path]) -> None:
+    """Re-save the first four images as the kinds real downloads hold: grayscale, CMYK, progressive, EXIF-rotated."""
+    from PIL import Image
+
+    grey, cmyk, progressive, rotated = paths[:4]
+    Image.open(grey).convert("L").save(grey, quality=90)
+    Image.open(cmyk).convert("CMYK").save(cmyk, quality=90)
+    Image.open(progressive).save(progressive, quality=90, progressive=True)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned a quarter: shown upright by a viewer that reads the tag
+    Image.open(rotated).transpose(Image.Transpose.ROTATE_90).save(rotated, quality=90, exif=exif.tobytes())
+
+
+def write_kaggle_flickr8k(root: Path, n: int = 24, lists: str | None = None, seed: int = 0) -> dict[str, list]:
+    """Kaggle's Flickr8k: `Images/` and `captions.txt` (header `image,caption`, CRLF line ends, captions with commas
+    quoted, five rows per image) with a malformed row and a blank line, and odd JPEGs (`odd_jpegs`); `lists`:
+    "official" writes Flickr8k_text/Flickr_8k.*Images.txt beside it, "karpathy" dataset_flickr8k.json. Returns the
+    images' captions by name (what a reader must keep) and the lists written."""
+    import csv
+    import io
+
+    rng = random.Random(seed)
+    (root / "Images").mkdir(parents=True)
+    names = [_flickr_name(rng) for _ in range(n)]
+    captions = {name: write_shape_image(root / "Images" / name, rng, SIDES) for name in names}
+    captions[names[0]][1] = "a red circle, left of a blue square, on grey"  # a comma: quoted in the CSV
+    odd_jpegs([root / "Images" / name for name in names[1:5]])
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")  # csv quotes as Kaggle's file does
+    writer.writerow(["image", "caption"])
+    for name in names:
+        for caption in captions[name]:
+            writer.writerow([name, caption])
+    text = out.getvalue() + "\r\n" + "just one field\r\n"  # a blank line, a malformed row
+    (root / "captions.txt").write_bytes(text.encode())
+    written = {}
+    if lists == "official":
+        text_dir = root / "Flickr8k_text"
+        text_dir.mkdir()
+        written = {"train": names[:16], "val": names[16:20], "test": names[20:]}
+        for split, file in (("train", "trainImages"), ("val", "devImages"), ("test", "testImages")):
+            (text_dir / f"Flickr_8k.{file}.txt").write_text("\n".join(written[split]) + "\n")
+    elif lists == "karpathy":
+        written = {"train": names[4:], "val": names[:2], "test": names[2:4]}
+        split_of = {name: split for split, members in written.items() for name in members}
+        images = [{"filename": name, "imgid": k, "split": split_of[name],
+                   "sentences": [{"raw": c, "sentid": 5 * k + j, "imgid": k, "tokens": c.split()}
+                                 for j, c in enumerate(captions[name])]} for k, name in enumerate(names)]
+        (root / "dataset_flickr8k.json").write_text(json.dumps({"images": images, "dataset": "flickr8k"}))
+    return {"captions": captions, "lists": written}
+
+
+def write_kaggle_flickr30k(root: Path, n: int = 24, seed: int = 0) -> dict[str, list]:
+    """Kaggle's Flickr30k as its zip unpacks: `flickr30k_images/results.csv` (`image_name| comment_number| comment`,
+    `|` with spaces, unquoted quotes in comments, one row whose number and comment lost their `|`, a malformed row)
+    beside `flickr30k_images/flickr30k_images/`. Returns the captions a reader must keep, by image."""
+    rng = random.Random(seed)
+    images = root / "flickr30k_images" / "flickr30k_images"
+    images.mkdir(parents=True)
+    names = [f"{rng.randrange(10**6, 10**10)}.jpg" for _ in range(n)]
+    captions = {name: write_shape_image(images / name, rng, SIDES) for name in names}
+    captions[names[2]][0] = 'a sign reading "stop" and a red circle'
+    odd_jpegs([images / name for name in names[1:5]])
+    lines = ["image_name| comment_number| comment"]
+    for name in names:
+        for k, caption in enumerate(captions[name]):
+            lines.append(f"{name}| {k} {caption}" if (name, k) == (names[3], 4) else f"{name}| {k}| {caption}")
+    lines.append("garbage without separators")
+    (root / "flickr30k_images" / "results.csv").write_text("\n".join(lines) + "\n")
+    return {"captions": captions, "lists": {}}

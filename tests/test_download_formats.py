@@ -64,3 +64,83 @@ def test_another_known_layout_is_named_with_what_reads_it(tmp_path, run_args, ca
         load_split("flickr30k", flickr, "test")
     with pytest.raises(ClipLabError, match="flickr30k files missing"):  # nothing known there: the missing files
         load_split("flickr30k", tmp_path / "empty", "test")
+
+
+def kept(split):
+    """{image file: [its captions]} of a split."""
+    out = {}
+    for c, i in zip(split.captions, split.caption_image):
+        out.setdefault(split.file_names[i], []).append(c)
+    return out
+
+
+def test_kaggle_flickr8k_without_lists_gets_a_seeded_split_that_says_so(tmp_path):
+    from formats import write_kaggle_flickr8k
+
+    root = tmp_path / "k8"
+    written = write_kaggle_flickr8k(root)
+    splits = {s: load_split("flickr8k_kaggle", root, s) for s in ("train", "val", "test")}
+    assert [len(splits[s].file_names) for s in ("train", "val", "test")] == [18, 3, 3]  # 1,000 of 8,091 each, scaled
+    assert set().union(*(kept(s) for s in splits.values())) == set(written["captions"])  # every image once
+    for split in splits.values():
+        assert kept(split) == {n: written["captions"][n] for n in split.file_names}  # commas, CRLF: as written
+        assert split.defects == {"malformed_rows": 1, "blank_lines": 1}
+        assert split.origin.startswith("a seeded split (data.split_seed 0) of the 24 images: 18 / 3 / 3")
+    again = load_split("flickr8k_kaggle", root, "test")
+    other = load_split("flickr8k_kaggle", root, "test", split_seed=1)
+    assert again.file_names == splits["test"].file_names and other.file_names != again.file_names
+
+
+@pytest.mark.parametrize("lists", ["official", "karpathy"])
+def test_kaggle_flickr8k_takes_the_split_lists_beside_it(tmp_path, lists):
+    from formats import write_kaggle_flickr8k
+
+    root = tmp_path / "k8"
+    written = write_kaggle_flickr8k(root, lists=lists)
+    for s, names in written["lists"].items():
+        split = load_split("flickr8k_kaggle", root, s)
+        assert split.file_names == sorted(names, key=list(written["captions"]).index)  # by first appearance
+        assert ("official Flickr8k split lists" if lists == "official" else "Karpathy's split") in split.origin
+
+
+def test_kaggle_flickr30k_rows_are_repaired_or_counted(tmp_path):
+    from formats import write_kaggle_flickr30k
+
+    root = tmp_path / "k30"
+    written = write_kaggle_flickr30k(root)
+    splits = [load_split("flickr30k_kaggle", root, s) for s in ("train", "val", "test")]
+    assert {n: c for s in splits for n, c in kept(s).items()} == written["captions"]  # quotes kept, the joined row too
+    assert splits[0].defects == {"repaired_rows": 1, "malformed_rows": 1}
+    assert splits[0].image_dir == root / "flickr30k_images" / "flickr30k_images"
+
+
+@pytest.mark.parametrize("dataset", ["flickr8k_kaggle", "flickr30k_kaggle"])
+def test_kaggle_downloads_fit_and_test_end_to_end(tmp_path, text_model, dataset):
+    from clip_lab.data import image_cache
+    from formats import write_kaggle_flickr8k, write_kaggle_flickr30k
+
+    root = tmp_path / "data"
+    (write_kaggle_flickr8k if dataset == "flickr8k_kaggle" else write_kaggle_flickr30k)(root)
+    assert main([*tiny(root, tmp_path, text_model, f"{dataset}.yaml"), "--run", "k"]) == 0
+    run = tmp_path / "results" / "k"
+    assert main(["test", "-c", str(run / "config.yaml")]) == 0
+    result = json.loads((run / "test_metrics.json").read_text())
+    held = 3 if dataset == "flickr8k_kaggle" else 1  # 1,000 of 8,091 / 31,783 each, scaled to 24 images
+    assert result["protocol"]["name"] == "flickr1k" and result["metrics"]["n_images"] == held
+    assert result["split_origin"].startswith("a seeded split")
+    lists = json.loads((run / "split_lists.json").read_text())
+    test = load_split(dataset, root, "test")
+    assert lists["images"]["test"] == test.file_names and lists["origin"] == result["split_origin"]
+    # grayscale, CMYK, progressive and EXIF-rotated JPEGs all decode: nothing skipped
+    for s in ("train", "val", "test"):
+        assert len(image_cache.bad_image_indices(tmp_path / "cache", load_split(dataset, root, s), 40)) == 0
+
+
+def test_kaggle_files_under_another_config_are_named(tmp_path):
+    from formats import write_kaggle_flickr8k
+
+    root = tmp_path / "k8"
+    write_kaggle_flickr8k(root)
+    with pytest.raises(ClipLabError, match=r"holds Kaggle's Flickr8k \(read with -c "
+                                           r"configs/datasets/flickr8k_kaggle.yaml\), not the files data.dataset=flickr8k"):
+        load_split("flickr8k", root, "test")

@@ -256,3 +256,42 @@ def test_an_interrupted_build_leaves_nothing_a_later_run_trusts(demo_root, tmp_p
     assert image_cache.open_image_cache(cache, split, 32) is None
     assert image_cache.open_image_cache(cache, split, 24) is not None  # the earlier cache is untouched
     assert sorted(cache.iterdir()) == sorted(image_cache.image_cache_paths(cache, split, 24))
+
+
+# PIL's exif_transpose turns orientation o upright with METHOD[o]; storing the upright picture turned by the inverse,
+# tagged o, gives a file that must come out upright again
+METHOD = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+          5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+          8: Image.Transpose.ROTATE_90}
+INVERSE = {**METHOD, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}
+QUADRANTS = ((255, 0, 0), (0, 200, 0), (0, 0, 255), (240, 240, 0))  # top-left, top-right, bottom-left, bottom-right
+
+
+def upright_picture(w=96, h=64):
+    pixels = np.zeros((h, w, 3), np.uint8)
+    for k, colour in enumerate(QUADRANTS):
+        pixels[(k // 2) * h // 2:(k // 2 + 1) * h // 2, (k % 2) * w // 2:(k % 2 + 1) * w // 2] = colour
+    return Image.fromarray(pixels)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a GPU (nvJPEG)"))])
+def test_exif_rotated_jpegs_come_out_upright_on_both_paths(tmp_path, device):
+    files = []
+    for o in range(1, 9):
+        stored = upright_picture() if o == 1 else upright_picture().transpose(INVERSE[o])
+        exif = Image.Exif()
+        exif[image_cache.ORIENTATION] = o
+        files.append(tmp_path / f"o{o}.jpg")
+        stored.save(files[-1], quality=95, subsampling=0, exif=exif.tobytes())
+        assert image_cache.exif_orientation(files[-1].read_bytes()) == o
+    size = 32
+    gpu = gpu_path(files, size, tmp_path, device)
+    for k, f in enumerate(files):
+        for square in (image_cache.decode_pil(f, size), gpu[k]):
+            # the central 64 x 64 square of the upright 96 x 64 picture: its quadrants' colours in place
+            for q, colour in enumerate(QUADRANTS):
+                rows = slice((q // 2) * 16 + 2, (q // 2) * 16 + 14)
+                cols = slice((q % 2) * 16 + 2, (q % 2) * 16 + 14)
+                assert np.abs(square[rows, cols].reshape(-1, 3).mean(0) - colour).max() < 12, (f.name, q)
+    assert image_cache.exif_orientation(b"not an image") == 1

@@ -15,6 +15,7 @@ from torch import Tensor
 from clip_lab.data.caption_cache import caption_cache_path, caption_embeddings, ensure_caption_cache, expected_meta
 from clip_lab.augment import augment, center_crop
 from clip_lab.data.datasets import DEMO_DESCRIPTION, check_dataset_files, data_title, load_split
+from clip_lab.data.kaggle import SEEDED
 from clip_lab.data.split import CaptionedSplit
 from clip_lab.data.loader import CachedBatchLoader
 from clip_lab.data import image_cache
@@ -72,6 +73,8 @@ class RetrievalData(L.LightningDataModule):
         text_encoder: set from `model.text_encoder` by the CLI: null, the captions are embedded once by the frozen
             `text_model` and batches carry the embeddings; otherwise the model trains its own text encoder, batches
             carry token rows (its tokenizer, `use_tokenizer`) and no CLIP model is needed.
+        split_seed: seeds the train / val / test split of a download that names none (Kaggle's Flickr without split
+            lists beside it); apart from `seed`, so that every seed of a sweep trains and tests on the same images.
     """
 
     def __init__(
@@ -99,6 +102,7 @@ class RetrievalData(L.LightningDataModule):
         test_split: str = "val2014",
         protocol: str = "auto",
         text_encoder: str | None = None,
+        split_seed: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -120,7 +124,7 @@ class RetrievalData(L.LightningDataModule):
     def split(self, name: str) -> CaptionedSplit:
         """The named split (its annotations read once)."""
         if name not in self.splits:
-            self.splits[name] = load_split(self.hparams.dataset, self.hparams.data_root, name)
+            self.splits[name] = load_split(self.hparams.dataset, self.hparams.data_root, name, self.hparams.split_seed)
         return self.splits[name]
 
     def split_names(self) -> list[str]:
@@ -250,7 +254,14 @@ class RetrievalData(L.LightningDataModule):
                 "train_split": hp.train_split,
                 "train_images": len(self._train_sampler(self.usable_images(hp.train_split)).images),
                 "val_split": val_split, "val_images": n_val, "val_subset": n_val < len(self.usable_images(val_split)),
-                "test_split": hp.test_split, "protocol": self.protocol.name}
+                "test_split": hp.test_split, "protocol": self.protocol.name, "split_origin": train.origin or None}
+
+    def split_lists(self) -> dict[str, list[str]] | None:
+        """Each split's image files when clip_lab drew the split itself (a seeded split): a run keeps them, so that its
+        test set can be named and reused; None when the files name their splits."""
+        if not self.split(self.hparams.train_split).origin.startswith(SEEDED):
+            return None
+        return {name: list(self.split(name).file_names) for name in self.split_names()}
 
     def protocol_record(self, n_images: int, n_captions: int) -> dict[str, Any]:
         """The test protocol as a result file records it, with the gallery evaluated and the test split's size."""

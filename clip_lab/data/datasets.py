@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
-from clip_lab.data import flickr8k, karpathy
+from clip_lab.data import flickr8k, kaggle, karpathy
 from clip_lab.data.coco import COCO_DOWNLOAD, COCO_SPLITS, check_coco_files, load_coco_split
 from clip_lab.data.split import CaptionedSplit
 from clip_lab.errors import ClipLabError
 
-DATASETS: tuple[str, ...] = ("coco", "coco_karpathy", "flickr8k", "flickr8k_karpathy", "flickr30k")
+DATASETS: tuple[str, ...] = ("coco", "coco_karpathy", "flickr8k", "flickr8k_karpathy", "flickr30k", "flickr8k_kaggle",
+                             "flickr30k_kaggle")
+KAGGLE = {"flickr8k_kaggle": "flickr8k", "flickr30k_kaggle": "flickr30k"}  # -> kaggle.py's dataset
 KARPATHY = {"coco_karpathy": "coco", "flickr8k_karpathy": "flickr8k", "flickr30k": "flickr30k"}  # -> file's "dataset"
 KARPATHY_COCO_FOLDERS = ("train2014", "val2014")  # Karpathy's COCO split names files of the 2014 release
 FLICKR8K_IMAGES = ("Flicker8k_Dataset", "Flickr8k_Dataset")  # the official zip's spelling, then the corrected one
@@ -22,7 +24,8 @@ FLICKR30K_SOURCE = "images: flickr30k-images.tar.gz, via the form at https://sha
 
 
 TITLES = {"coco": "MS COCO 2014", "coco_karpathy": "MS COCO 2014 (Karpathy's splits)", "flickr8k": "Flickr8k",
-          "flickr8k_karpathy": "Flickr8k (Karpathy's splits)", "flickr30k": "Flickr30k (Karpathy's splits)"}
+          "flickr8k_karpathy": "Flickr8k (Karpathy's splits)", "flickr30k": "Flickr30k (Karpathy's splits)",
+          "flickr8k_kaggle": "Flickr8k (Kaggle's download)", "flickr30k_kaggle": "Flickr30k (Kaggle's download)"}
 DEMO_DESCRIPTION = "clip_lab generated demo data"  # how synthetic.py's captions json begins its info.description
 
 
@@ -62,6 +65,8 @@ def split_names(dataset: str) -> tuple[str, ...]:
         return COCO_SPLITS
     if dataset == "flickr8k":
         return flickr8k.FLICKR8K_SPLITS
+    if dataset in KAGGLE:
+        return kaggle.SPLITS
     return karpathy.KARPATHY_SPLITS[KARPATHY[dataset]]
 
 
@@ -82,6 +87,15 @@ def _needs(dataset: str, root: Path) -> dict[str, _Need]:
         text = {role: _Need(tuple(root / d / f for d in FLICKR8K_TEXT), FLICKR8K_TEXT_SOURCE)
                 for role, f in files.items()}
         return {**text, "images": flickr8k_images}
+    if dataset == "flickr8k_kaggle":
+        source = f"Kaggle's Flickr8k: {kaggle.KAGGLE['flickr8k']}"
+        return {"annotations": _Need((root / "captions.txt",), source),
+                "images": _Need((root / "Images",), source, folder=True)}
+    if dataset == "flickr30k_kaggle":  # the zip nests the images one folder deeper, beside results.csv
+        source = f"Kaggle's Flickr30k: {kaggle.KAGGLE['flickr30k']}"
+        return {"annotations": _Need((root / "results.csv", root / "flickr30k_images" / "results.csv"), source),
+                "images": _Need((root / "flickr30k_images" / "flickr30k_images", root / "flickr30k_images"), source,
+                                folder=True)}
     annotations = _Need((root / f"dataset_{KARPATHY[dataset]}.json",), KARPATHY_SOURCE)
     if dataset == "coco_karpathy":  # train comes from train2014; restval, val and test from val2014
         folders = {s: _Need((root / s,), f"images: {COCO_DOWNLOAD[s]}", folder=True)
@@ -116,6 +130,11 @@ LAYOUTS = (
     Layout("the official Flickr8k files", "flickr8k", ("Flickr8k.token.txt",), "-c configs/datasets/flickr8k.yaml"),
     Layout("the official Flickr8k files", "flickr8k", ("Flickr8k_text/Flickr8k.token.txt",),
            "-c configs/datasets/flickr8k.yaml"),
+    Layout("Kaggle's Flickr8k", "flickr8k_kaggle", ("captions.txt", "Images/"),
+           "-c configs/datasets/flickr8k_kaggle.yaml"),
+    Layout("Kaggle's Flickr30k", "flickr30k_kaggle", ("results.csv",), "-c configs/datasets/flickr30k_kaggle.yaml"),
+    Layout("Kaggle's Flickr30k", "flickr30k_kaggle", ("flickr30k_images/results.csv",),
+           "-c configs/datasets/flickr30k_kaggle.yaml"),
     Layout("Karpathy's Flickr8k split", "flickr8k_karpathy", ("dataset_flickr8k.json",),
            "-c configs/datasets/flickr8k.yaml --data.dataset flickr8k_karpathy"),
     Layout("Karpathy's Flickr30k split", "flickr30k", ("dataset_flickr30k.json",),
@@ -163,13 +182,17 @@ def check_dataset_files(dataset: str, data_root: str | Path, splits: Sequence[st
         raise ClipLabError(other) from e
 
 
-def load_split(dataset: str, data_root: str | Path, split: str) -> CaptionedSplit:
-    """One split of `dataset`, named `<dataset>_<split>` (official COCO keeps the bare split name, e.g. train2014)."""
+def load_split(dataset: str, data_root: str | Path, split: str, split_seed: int = 0) -> CaptionedSplit:
+    """One split of `dataset`, named `<dataset>_<split>` (official COCO keeps the bare split name, e.g. train2014);
+    `split_seed` seeds the split of a download that names none (Kaggle's, without lists beside it)."""
     check_dataset_files(dataset, data_root, [split])
     if dataset == "coco":
         return load_coco_split(data_root, split)
     paths = {role: need.found() for role, need in _needs(dataset, Path(data_root)).items()}
     name = f"{dataset}_{split}"
+    if dataset in KAGGLE:
+        return kaggle.load_kaggle_split(KAGGLE[dataset], paths["annotations"], paths["images"], Path(data_root), split,
+                                        name, split_seed)
     if dataset == "flickr8k":
         lists = {s: paths[s] for s in flickr8k.FLICKR8K_SPLITS}
         return flickr8k.load_flickr8k_split(paths["annotations"], lists, paths["images"], split, name)

@@ -3,7 +3,8 @@
 Layout: `images_<split>_<fingerprint>_<size>.npy`, a `[n_images, size, size, 3]` uint8 RGB array (NHWC: permuted to
 NCHW on the GPU it is channels_last for free), and `images_<split>_<fingerprint>_<size>.json` beside it holding what
 the pixels depend on; the fingerprint (`CaptionedSplit.fingerprint`) keeps other data's same-named splits apart.
-Both paths decode the same way: the full-resolution image, its central square (the region a centre crop keeps),
+Both paths decode the same way: the full-resolution image turned upright as its EXIF orientation says (as it is
+shown and captioned), its central square (the region a centre crop keeps),
 resized with an antialiased bilinear filter. On a GPU the JPEGs are decoded by nvJPEG in batches; otherwise by PIL in
 a process pool. Bound: the two agree within 1 grey level of mean absolute difference per image (the photo-like JPEGs
 of tests/test_image_cache.py: <= 0.16 with the GPU path's code run on the CPU, <= 0.62 with nvJPEG on an H200, whose
@@ -15,6 +16,7 @@ a few % of CPU build speed on COCO's mix of sizes: it is not used.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import multiprocessing
@@ -27,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 
 from clip_lab.data.split import CaptionedSplit
 from clip_lab.errors import ClipLabError
@@ -35,7 +37,7 @@ from clip_lab.files import atomic_path, save_json
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # bump when the layout or the resizing changes (2: full decode, no draft)
+CACHE_VERSION = 3  # bump when the layout or the resizing changes (2: full decode, no draft; 3: EXIF upright)
 CHUNK = 256  # images per decode batch / pool task
 
 
@@ -62,7 +64,7 @@ def expected_meta(split: CaptionedSplit, size: int) -> dict[str, Any]:
         "image_list_sha256": hashlib.sha256("\n".join(split.file_names).encode()).hexdigest(),
         "n_images": len(split.file_names),
         "size": size,
-        "layout": "NHWC uint8 RGB; full decode, central square, antialiased bilinear resize",
+        "layout": "NHWC uint8 RGB; full decode, EXIF-upright, central square, antialiased bilinear resize",
     }
 
 
@@ -93,13 +95,36 @@ def open_image_cache(cache_dir: str | Path, split: CaptionedSplit, size: int) ->
     return images
 
 
+ORIENTATION = 0x0112  # the EXIF tag of a camera's rotation
+
+
+def exif_orientation(data: bytes) -> int:
+    """The EXIF orientation (1-8) of an encoded image, 1 when it has none or cannot be read (from its header only)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            value = img.getexif().get(ORIENTATION, 1)
+    except Exception:  # not an image or a broken header: the decoder that follows names the problem
+        return 1
+    return value if value in range(1, 9) else 1
+
+
+def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """A decoded `[C, H, W]` image turned upright as its EXIF orientation says (as PIL's `ImageOps.exif_transpose`):
+    nvJPEG decodes the stored pixels as they are."""
+    turn = {2: lambda x: x.flip(-1), 3: lambda x: x.flip(-2, -1), 4: lambda x: x.flip(-2),
+            5: lambda x: x.transpose(-2, -1), 6: lambda x: torch.rot90(x, -1, (-2, -1)),
+            7: lambda x: x.transpose(-2, -1).flip(-2, -1), 8: lambda x: torch.rot90(x, 1, (-2, -1))}
+    return turn[orientation](image) if orientation in turn else image
+
+
 def decode_pil(path: str | Path, size: int) -> np.ndarray:
     """One image -> `[size, size, 3]` uint8: full decode, central square, antialiased bilinear resize (the CPU path)."""
     try:
         with Image.open(path) as img:
             # a full decode, as nvJPEG's: no img.draft, whose DCT-domain downscaling of large JPEGs is faster but moves
-            # their pixels off the GPU path's by more than the 1 grey level (mean per image) the docstring promises
-            img = img.convert("RGB")
+            # their pixels off the GPU path's by more than the 1 grey level (mean per image) the docstring promises;
+            # upright as the camera's EXIF orientation says, as the image is shown (and captioned)
+            img = ImageOps.exif_transpose(img).convert("RGB")
             w, h = img.size
             side = min(w, h)
             box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
@@ -236,10 +261,12 @@ def _fill_gpu(path: Path, files: list[str], size: int, device: torch.device, bar
 
     bad: list[tuple[int, str]] = []
 
-    def read(chunk: list[str]) -> list[torch.Tensor]:
+    def read(chunk: list[str]) -> tuple[list[torch.Tensor], list[int]]:
         # an absent or empty file gives an empty buffer, which no decoder accepts: PIL then names the problem
-        return [torch.frombuffer(bytearray(Path(f).read_bytes()), dtype=torch.uint8) if Path(f).is_file()
-                and Path(f).stat().st_size else torch.zeros(0, dtype=torch.uint8) for f in chunk]
+        data = [Path(f).read_bytes() if Path(f).is_file() else b"" for f in chunk]
+        raw = [torch.frombuffer(bytearray(d), dtype=torch.uint8) if d else torch.zeros(0, dtype=torch.uint8)
+               for d in data]
+        return raw, [exif_orientation(d) for d in data]  # nvJPEG ignores EXIF: turned upright after decoding
 
     def decode(chunk: list[str], raw: list[torch.Tensor]) -> list[torch.Tensor | None]:
         try:
@@ -260,10 +287,11 @@ def _fill_gpu(path: Path, files: list[str], size: int, device: torch.device, bar
             pending = [pool.submit(read, c) for c in chunks[:2]]
             writes: list[Any] = [None, None]
             for i, chunk in enumerate(chunks):
-                raw = pending.pop(0).result()
+                raw, orientations = pending.pop(0).result()
                 if i + 2 < len(chunks):
                     pending.append(pool.submit(read, chunks[i + 2]))
-                decoded = decode(chunk, raw)
+                decoded = [None if img is None else orient(img, o)
+                           for img, o in zip(decode(chunk, raw), orientations)]
                 squares = torch.empty((len(chunk), size, size, 3), dtype=torch.uint8, device=device)
                 by_side: dict[int, list[int]] = {}
                 for k, img in enumerate(decoded):

@@ -36,6 +36,7 @@ class CaptionedSplit:
     captions: list[str]  # [n_captions]
     defects: dict[str, int] = field(default_factory=dict)
     description: str = ""  # what the annotation file says it is (COCO's info.description), when it says
+    origin: str = ""  # how the split's images were chosen, when the files name no split (a seeded split)
 
     @property
     def caption_start(self) -> np.ndarray:
@@ -75,6 +76,7 @@ def build_split(
     defects: dict[str, int] | None = None,
     fix: str = "re-download it",
     description: str = "",
+    origin: str = "",
 ) -> CaptionedSplit:
     """A split from `(image_id, file_name)` and `(caption_id, image_id, text)` records, in any order.
 
@@ -112,6 +114,7 @@ def build_split(
         captions=[text for _, _, text in kept],
         defects={k: v for k, v in defects.items() if v},
         description=description,
+        origin=origin,
     )
     if split.defects:
         log.warning("%s (%s): %s", annotation_file, name,
