@@ -11,7 +11,7 @@ from clip_lab.errors import ClipLabError
 # jobs beside LightningCLI's, each a module with main(argv)
 JOBS = {"demo": "clip_lab.demo", "bench": "clip_lab.bench", "sweep": "clip_lab.sweep", "report": "clip_lab.report",
         "zeroshot": "clip_lab.zeroshot", "search": "clip_lab.search", "figures": "clip_lab.figures",
-        "baselines": "clip_lab.baselines", "embed": "clip_lab.embed"}
+        "baselines": "clip_lab.baselines", "embed": "clip_lab.embed", "prepare": "clip_lab.prepare"}
 LIGHTNING_JOBS = ("fit", "validate", "test")
 
 

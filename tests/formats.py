@@ -268,3 +268,50 @@ def write_kaggle_flickr30k(root: Path, n: int = 24, seed: int = 0) -> dict[str, 
     lines.append("garbage without separators")
     (root / "flickr30k_images" / "results.csv").write_text("\n".join(lines) + "\n")
     return {"captions": captions, "lists": {}}
+
+
+def write_hf_parquet(root: Path, layout: str = "flickr30k", n: int = 24, seed: int = 0) -> dict[str, dict]:
+    """A Hugging Face dataset as the Hub stores it, in parquet shards with the image bytes in a struct column.
+
+    "flickr30k" (as nlphuji/flickr30k): `data/test-0000N-of-00002.parquet`, columns image {bytes, path}, caption (a
+    list), sentids, split ("train" / "val" / "test"), img_id, filename. "flickr8k" (as jxie/flickr8k): shards named by
+    split (`train-`, `validation-`, `test-`), columns image {bytes, path: None} and caption_0..caption_4. Four images
+    are grayscale, CMYK, progressive and EXIF-rotated JPEGs; one row has no captions. Returns, per file name, its
+    bytes, captions and split.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = random.Random(seed)
+    scratch = root / ".scratch"
+    scratch.mkdir(parents=True)
+    names = [f"{rng.randrange(10**6, 10**10)}.jpg" for _ in range(n)]
+    captions = {name: write_shape_image(scratch / name, rng, SIDES) for name in names}
+    odd_jpegs([scratch / name for name in names[:4]])
+    splits = {name: "test" if k % 6 == 0 else "val" if k % 6 == 1 else "train" for k, name in enumerate(names)}
+    truth = {name: {"bytes": (scratch / name).read_bytes(), "captions": captions[name], "split": splits[name]}
+             for name in names}
+    empty = f"{rng.randrange(10**6, 10**10)}.jpg"  # a row without captions: skipped
+    (root / "data").mkdir()
+    if layout == "flickr30k":
+        table = [{"image": {"bytes": truth[m]["bytes"], "path": m}, "caption": truth[m]["captions"],
+                  "sentids": [str(5 * k + j) for j in range(5)], "split": splits[m], "img_id": str(k), "filename": m}
+                 for k, m in enumerate(names)]
+        table.append({"image": {"bytes": truth[names[5]]["bytes"], "path": empty}, "caption": [], "sentids": [],
+                      "split": "train", "img_id": "x", "filename": empty})
+        for part in range(2):
+            pq.write_table(pa.Table.from_pylist(table[part::2]), root / "data" / f"test-0000{part}-of-00002.parquet")
+    else:
+        by_split: dict[str, list] = {}
+        for m in names:
+            row = {"image": {"bytes": truth[m]["bytes"], "path": None}} | {
+                f"caption_{j}": c for j, c in enumerate(truth[m]["captions"])}
+            by_split.setdefault(splits[m], []).append(row)
+        by_split["train"].append({"image": {"bytes": None, "path": None}} | {f"caption_{j}": "x" for j in range(5)})
+        for split, table in by_split.items():
+            shard = {"val": "validation"}.get(split, split)
+            pq.write_table(pa.Table.from_pylist(table), root / "data" / f"{shard}-00000-of-00001.parquet")
+    for f in scratch.iterdir():
+        f.unlink()
+    scratch.rmdir()
+    return truth

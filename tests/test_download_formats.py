@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from clip_lab import prepare
 from clip_lab.__main__ import main
 from clip_lab.data.datasets import load_split
 from clip_lab.errors import ClipLabError
@@ -144,3 +145,59 @@ def test_kaggle_files_under_another_config_are_named(tmp_path):
     with pytest.raises(ClipLabError, match=r"holds Kaggle's Flickr8k \(read with -c "
                                            r"configs/datasets/flickr8k_kaggle.yaml\), not the files data.dataset=flickr8k"):
         load_split("flickr8k", root, "test")
+
+
+def test_hf_parquet_of_flickr30k_is_converted_once_into_the_karpathy_layout(tmp_path, caplog):
+    from formats import write_hf_parquet
+
+    source, out = tmp_path / "hf", tmp_path / "flickr30k"
+    truth = write_hf_parquet(source, "flickr30k")
+    assert main(["prepare", "--parquet", str(source), "--dataset", "flickr30k", "--out", str(out)]) == 0
+    ann = json.loads((out / "dataset_flickr30k.json").read_text())
+    assert ann["clip_lab_defects"] == {"rows_without_image_or_captions": 1}
+    for s in ("train", "val", "test"):
+        split = load_split("flickr30k", out, s)
+        expected = {m: t["captions"] for m, t in truth.items() if t["split"] == s}
+        assert kept(split) == expected
+        for name in split.file_names:  # the dataset's own bytes, not re-encoded
+            assert (out / "flickr30k-images" / name).read_bytes() == truth[name]["bytes"]
+    stamp = (out / "dataset_flickr30k.json").stat().st_mtime_ns
+    assert main(["prepare", "--parquet", str(source), "--dataset", "flickr30k", "--out", str(out)]) == 0
+    assert (out / "dataset_flickr30k.json").stat().st_mtime_ns == stamp and "already converted" in caplog.text
+
+
+def test_hf_parquet_of_flickr8k_with_numbered_captions_and_splits_by_shard_name(tmp_path, text_model):
+    from formats import write_hf_parquet
+
+    source, out = tmp_path / "hf", tmp_path / "flickr8k"
+    truth = write_hf_parquet(source, "flickr8k")
+    assert main(["prepare", "--parquet", str(source), "--dataset", "flickr8k", "--out", str(out)]) == 0
+    by_bytes = {t["bytes"]: t for t in truth.values()}
+    for s in ("train", "val", "test"):
+        split = load_split("flickr8k_karpathy", out, s)
+        assert len(split.file_names) == sum(t["split"] == s for t in truth.values())
+        for name, caps in kept(split).items():
+            t = by_bytes[(out / "Flicker8k_Dataset" / name).read_bytes()]
+            assert t["split"] == s and caps == t["captions"]
+    assert main([*tiny(out, tmp_path, text_model, "flickr8k.yaml"), "--data.dataset", "flickr8k_karpathy",
+                 "--run", "hf8"]) == 0
+    run = tmp_path / "results" / "hf8"
+    assert main(["test", "-c", str(run / "config.yaml")]) == 0
+    assert json.loads((run / "test_metrics.json").read_text())["metrics"]["n_images"] == 4
+
+
+def test_parquet_shards_as_data_root_say_to_convert_them(tmp_path):
+    from formats import write_hf_parquet
+
+    write_hf_parquet(tmp_path / "hf", "flickr30k")
+    with pytest.raises(ClipLabError, match=r"holds Hugging Face parquet shards \(convert once with python -m clip_lab "
+                                           r"prepare --parquet .*hf --dataset <flickr8k\|flickr30k\|coco>"):
+        load_split("flickr30k", tmp_path / "hf", "test")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "bad").mkdir()
+    pq.write_table(pa.table({"text": ["a"]}), tmp_path / "bad" / "train-0.parquet")
+    with pytest.raises(ClipLabError, match=r"train-0.parquet: no image column .* among its columns text"):
+        prepare.main(["--parquet", str(tmp_path / "bad"), "--dataset", "flickr30k", "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()  # nothing half-written

@@ -147,6 +147,9 @@ def detect_layouts(data_root: str | Path) -> list[Layout]:
     root = Path(data_root)
     found = [layout for layout in LAYOUTS if all((root / m).is_dir() if m.endswith("/") else (root / m).is_file()
                                                   for m in layout.markers)]
+    if root.is_dir() and (next(root.glob("*.parquet"), None) or next(root.glob("*/*.parquet"), None)):
+        found.append(Layout("Hugging Face parquet shards", "", (), f"python -m clip_lab prepare --parquet {root} "
+                            "--dataset <flickr8k|flickr30k|coco> --out <folder>, then that folder as data_root"))
     return list({(layout.name, layout.dataset): layout for layout in found}.values())
 
 
@@ -156,7 +159,8 @@ def _other_layout(dataset: str, data_root: str | Path, splits: Sequence[str]) ->
               if layout.dataset != dataset or (layout.splits and not set(splits) <= set(layout.splits))]
     if not others:
         return None
-    found = "; ".join(f"{layout.name} (read with {layout.overlay})" for layout in others)
+    found = "; ".join(f"{layout.name} ({'convert once' if not layout.dataset else 'read'} with {layout.overlay})"
+                      for layout in others)
     return (f"data_root={data_root} holds {found}, not the files data.dataset={dataset} with splits "
             f"{', '.join(splits)} needs")
 
