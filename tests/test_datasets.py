@@ -10,6 +10,8 @@ import pytest
 from clip_lab.data import datasets
 from clip_lab.data.coco import load_coco_split
 from clip_lab.data.datasets import DATASETS, check_dataset_files, load_split, split_names
+
+WRITTEN = ("coco_karpathy", "flickr8k", "flickr8k_karpathy", "flickr30k")  # the Kaggle downloads: test_download_formats
 from clip_lab.data.synthetic import make_split
 from clip_lab.errors import ClipLabError
 from formats import GHOST, write_flickr8k, write_karpathy
@@ -24,7 +26,7 @@ def _write(dataset, root):
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
     """dataset -> (data_root, what each split must hold), written once and only read by the tests that use it."""
-    roots = {d: tmp_path_factory.mktemp(d) for d in DATASETS[1:]}
+    roots = {d: tmp_path_factory.mktemp(d) for d in WRITTEN}
     return {d: (root, _write(d, root)) for d, root in roots.items()}
 
 
@@ -42,14 +44,15 @@ def _assert_split(split, expected, selector, name):
 
 
 def test_registry_names_and_split_names():
-    assert DATASETS == ("coco", "coco_karpathy", "flickr8k", "flickr8k_karpathy", "flickr30k")
+    assert DATASETS == ("coco", "coco_karpathy", "flickr8k", "flickr8k_karpathy", "flickr30k", "flickr8k_kaggle",
+                        "flickr30k_kaggle")
     assert split_names("coco") == ("train2014", "val2014", "train2017", "val2017")  # the 2014 and 2017 releases
     assert split_names("coco_karpathy") == ("train", "restval", "val", "test")
     for dataset in ("flickr8k", "flickr8k_karpathy", "flickr30k"):
         assert split_names(dataset) == ("train", "val", "test")
 
 
-@pytest.mark.parametrize("dataset", DATASETS[1:])
+@pytest.mark.parametrize("dataset", WRITTEN)
 def test_each_split_holds_exactly_the_expected_images_captions_ids_and_defects(written, dataset):
     root, expected = written[dataset]
     check_dataset_files(dataset, root, split_names(dataset))
