@@ -7,11 +7,21 @@ import sys
 from importlib import import_module
 
 from clip_lab.errors import ClipLabError
+from clip_lab.files import config_file
 
 # jobs beside LightningCLI's, each a module with main(argv)
-JOBS = {"demo": "clip_lab.demo", "bench": "clip_lab.bench", "sweep": "clip_lab.sweep", "report": "clip_lab.report",
-        "zeroshot": "clip_lab.zeroshot", "search": "clip_lab.search", "figures": "clip_lab.figures",
-        "baselines": "clip_lab.baselines", "embed": "clip_lab.embed", "prepare": "clip_lab.prepare"}
+JOBS = {
+    "demo": "clip_lab.jobs.demo",
+    "bench": "clip_lab.jobs.bench",
+    "sweep": "clip_lab.jobs.sweep",
+    "report": "clip_lab.report.report",
+    "zeroshot": "clip_lab.jobs.zeroshot",
+    "search": "clip_lab.jobs.search",
+    "figures": "clip_lab.report.figures",
+    "baselines": "clip_lab.jobs.baselines",
+    "embed": "clip_lab.jobs.embed",
+    "prepare": "clip_lab.jobs.prepare",
+}
 LIGHTNING_JOBS = ("fit", "validate", "test")
 
 
@@ -29,6 +39,7 @@ class StderrHandler(logging.StreamHandler):
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    argv = [config_file(a) if i and argv[i - 1] in ("-c", "--config") else a for i, a in enumerate(argv)]
     logger = logging.getLogger("clip_lab")
     if not any(isinstance(h, StderrHandler) for h in logger.handlers):  # main() may run many times in one process
         handler = StderrHandler()
@@ -42,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             hint = "; embeddings of a split, images or texts: python -m clip_lab embed" if argv[0] == "predict" else ""
             raise ClipLabError(f"unknown job {argv[0]!r}: use one of {', '.join((*LIGHTNING_JOBS, *JOBS))}{hint}")
         else:
-            from clip_lab.cli import main as cli_main
+            from clip_lab.train.cli import main as cli_main
 
             cli_main(argv)
     except ClipLabError as e:
@@ -51,5 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The `clip-lab` console script."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,4 +1,4 @@
-"""Small file helpers: atomic writes, content fingerprints, checked cache loads."""
+"""Small file helpers: the packaged configs, atomic writes, JSON reads, content fingerprints, checked cache loads."""
 
 from __future__ import annotations
 
@@ -8,13 +8,25 @@ import logging
 import os
 import re
 import secrets
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
 log = logging.getLogger(__name__)
+
+CONFIGS = Path(__file__).resolve().parent / "configs"  # installed with the package: found from any directory
+
+
+def config_file(path: str) -> str:
+    """`path` as given when it exists; else, for `configs/...`, the packaged config of that name (so `-c
+    configs/coco.yaml` works from any directory once clip_lab is installed)."""
+    p = Path(path)
+    if not p.exists() and p.parts[:1] == ("configs",) and (CONFIGS / Path(*p.parts[1:])).exists():
+        return str(CONFIGS / Path(*p.parts[1:]))
+    return path
 
 
 @contextmanager
@@ -77,8 +89,13 @@ def load_cache(path: Path, meta: dict[str, Any], what: str) -> dict[str, Any] | 
     try:
         cache = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # truncated or foreign file: rebuild
-        log.warning("%s %s is unreadable (%s: %s); rebuilding it", what, path, type(e).__name__,
-                    (str(e).strip().splitlines() or [""])[0])
+        log.warning(
+            "%s %s is unreadable (%s: %s); rebuilding it",
+            what,
+            path,
+            type(e).__name__,
+            (str(e).strip().splitlines() or [""])[0],
+        )
         return None
     stored = cache.get("meta", {}) if isinstance(cache, dict) else {}
     diff = sorted(k for k in meta if stored.get(k) != meta[k])

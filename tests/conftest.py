@@ -1,20 +1,28 @@
 """Shared fixtures: one small generated COCO-format dataset (real JPEGs + captions JSON + a tiny full CLIP) and one
 checkpoint trained on it through the CLI, shared by every test file that needs a trained model."""
 
-from pathlib import Path
-
 import pytest
 
 from clip_lab.__main__ import main
 from clip_lab.data.synthetic import make_demo_dataset
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from clip_lab.files import CONFIGS
 
 
 def _run_args(demo_root, tmp_path, run="t"):
-    return ["--run", run, "--results_dir", str(tmp_path / "results"),
-            "--data.data_root", str(demo_root), "--data.text_model", str(demo_root / "clip_tiny"),
-            "--data.cache_dir", str(tmp_path / "cache"), "--data.num_workers", "0"]
+    return [
+        "--run",
+        run,
+        "--results_dir",
+        str(tmp_path / "results"),
+        "--data.data_root",
+        str(demo_root),
+        "--data.text_model",
+        str(demo_root / "clip_tiny"),
+        "--data.cache_dir",
+        str(tmp_path / "cache"),
+        "--data.num_workers",
+        "0",
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -47,8 +55,20 @@ def trained_run(demo_root, tmp_path_factory):
     data settings name. Tests that write caches of their own pass another --cache_dir.
     """
     tmp = tmp_path_factory.mktemp("cli")
-    args = ["fit", "-c", str(CONFIGS / "coco.yaml"), "-c", str(CONFIGS / "demo.yaml"), *_run_args(demo_root, tmp),
-            "--trainer.max_epochs", "6", "--data.batch_size", "32", "--data.val_images", "64"]
+    args = [
+        "fit",
+        "-c",
+        str(CONFIGS / "coco.yaml"),
+        "-c",
+        str(CONFIGS / "demo.yaml"),
+        *_run_args(demo_root, tmp),
+        "--trainer.max_epochs",
+        "6",
+        "--data.batch_size",
+        "32",
+        "--data.val_images",
+        "64",
+    ]
     assert main(args) == 0
     run = tmp / "results" / "t"
     assert main(["test", "-c", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints" / "best.ckpt")]) == 0

@@ -39,8 +39,9 @@ def _flickr_name(rng: random.Random) -> str:
     return f"{rng.randrange(10**9, 10**10)}_{rng.getrandbits(40):010x}.jpg"
 
 
-def write_flickr8k(root: Path, text_dir: str = "Flickr8k_text", image_dir: str = "Flicker8k_Dataset",
-                   seed: int = 0) -> Expected:
+def write_flickr8k(
+    root: Path, text_dir: str = "Flickr8k_text", image_dir: str = "Flicker8k_Dataset", seed: int = 0
+) -> Expected:
     """The official Flickr8k layout: token file, three split lists and the image folder, with every known defect.
 
     17 images: train 8 + 1 listed without captions, dev 3, test 3 + 1 listed without captions, 1 captioned but in no
@@ -53,8 +54,10 @@ def write_flickr8k(root: Path, text_dir: str = "Flickr8k_text", image_dir: str =
     captions[GHOST] = [f"a photo of nothing number {k}" for k in range(5)]
     train, val, test, unlisted = names[0:8], names[8:11], names[11:14], names[14]
     lists = {"train": train + [names[15]], "val": val, "test": test + [names[16]]}
-    defects, split_defects = Counter(), {"train": {"images_without_captions": 1}, "val": {"empty_captions": 1},
-                                         "test": {"images_without_captions": 1}}
+    defects, split_defects = (
+        Counter(),
+        {"train": {"images_without_captions": 1}, "val": {"empty_captions": 1}, "test": {"images_without_captions": 1}},
+    )
 
     lines, ids, kept = [], {}, {}
 
@@ -94,8 +97,11 @@ def write_flickr8k(root: Path, text_dir: str = "Flickr8k_text", image_dir: str =
     defects["duplicate_captions"] += 1
     defects["images_in_no_split"] = 2  # GHOST and `unlisted`
 
-    list_lines = {"train": lists["train"][:4] + [""] + lists["train"][4:] + [train[0]],  # a blank line, a repeat
-                  "val": val, "test": lists["test"] + [val[1]]}  # a dev image listed again: it stays in dev
+    list_lines = {
+        "train": lists["train"][:4] + [""] + lists["train"][4:] + [train[0]],  # a blank line, a repeat
+        "val": val,
+        "test": lists["test"] + [val[1]],
+    }  # a dev image listed again: it stays in dev
     list_lines["train"][1] += "\r"
     list_lines["test"][0] += " "
     defects.update(blank_lines=1, duplicate_list_entries=2, untrimmed_lines=2)
@@ -124,8 +130,21 @@ def write_karpathy(root: Path, dataset: str = "coco", seed: int = 0) -> Expected
     """
     rng = random.Random(seed)
     coco = dataset == "coco"
-    plan = ["test", "test", "val", "train", "restval", "train", "train", "restval", "test", "val", "train", "train",
-            "restval"]
+    plan = [
+        "test",
+        "test",
+        "val",
+        "train",
+        "restval",
+        "train",
+        "train",
+        "restval",
+        "test",
+        "val",
+        "train",
+        "train",
+        "restval",
+    ]
     plan = plan if coco else [s.replace("restval", "train") for s in plan]
     plan.insert(6, "extra")  # an unknown split value
     entries, sentid = [], 0
@@ -133,8 +152,11 @@ def write_karpathy(root: Path, dataset: str = "coco", seed: int = 0) -> Expected
     for imgid, split in enumerate(plan):
         folder = ("train2014" if split == "train" else "val2014") if coco else KARPATHY_IMAGES[dataset]
         cocoid = rng.randrange(1, 600_000)
-        filename = f"COCO_{folder}_{cocoid:012d}.jpg" if coco else (
-            _flickr_name(rng) if dataset == "flickr8k" else f"{rng.randrange(10**6, 10**10)}.jpg")
+        filename = (
+            f"COCO_{folder}_{cocoid:012d}.jpg"
+            if coco
+            else (_flickr_name(rng) if dataset == "flickr8k" else f"{rng.randrange(10**6, 10**10)}.jpg")
+        )
         (root / folder).mkdir(parents=True, exist_ok=True)
         raws = write_shape_image(root / folder / filename, rng, SIDES)
         if imgid == 1:
@@ -151,14 +173,22 @@ def write_karpathy(root: Path, dataset: str = "coco", seed: int = 0) -> Expected
             sentences[0]["raw"] = "   "
         if imgid == 8:
             sentences[2]["sentid"] = 0  # entry 0's first sentence has it: this one is dropped
-        entry = {"filename": filename, "imgid": imgid, "split": split, "sentids": [s["sentid"] for s in sentences],
-                 "sentences": sentences}
+        entry = {
+            "filename": filename,
+            "imgid": imgid,
+            "split": split,
+            "sentids": [s["sentid"] for s in sentences],
+            "sentences": sentences,
+        }
         if coco:
             entry.update(filepath=folder, cocoid=cocoid)
         entries.append(entry)
         if split in images:
-            caps = [(s["sentid"], s["raw"].strip()) for s in sentences
-                    if s.get("raw", "").strip() and not (imgid == 8 and s["sentid"] == 0)]
+            caps = [
+                (s["sentid"], s["raw"].strip())
+                for s in sentences
+                if s.get("raw", "").strip() and not (imgid == 8 and s["sentid"] == 0)
+            ]
             images[split].append((imgid, f"{folder}/{filename}" if coco else filename, caps))
     again = json.loads(json.dumps(entries[3]))  # the same image listed again, under a new imgid
     again.update(imgid=len(entries), split="test")
@@ -175,8 +205,14 @@ def write_karpathy(root: Path, dataset: str = "coco", seed: int = 0) -> Expected
     return Expected(ann, root if coco else root / KARPATHY_IMAGES[dataset], images, file_defects, split_defects)
 
 
-COCO2017_INFO = {"description": "COCO 2017 Dataset", "url": "http://cocodataset.org", "version": "1.0", "year": 2017,
-                 "contributor": "COCO Consortium", "date_created": "2017/09/01"}
+COCO2017_INFO = {
+    "description": "COCO 2017 Dataset",
+    "url": "http://cocodataset.org",
+    "version": "1.0",
+    "year": 2017,
+    "contributor": "COCO Consortium",
+    "date_created": "2017/09/01",
+}
 
 
 def write_coco2017(root: Path, n_train: int = 24, n_val: int = 12, seed: int = 0) -> Path:
@@ -188,12 +224,18 @@ def write_coco2017(root: Path, n_train: int = 24, n_val: int = 12, seed: int = 0
         make_split(root, split, n, seed + first, first, 10 * first, sides=SIDES, file_name="{id:012d}.jpg")
         ann = root / "annotations" / f"captions_{split}.json"
         data = json.loads(ann.read_text())
-        data["info"], data["licenses"] = COCO2017_INFO, [{"url": "http://creativecommons.org/licenses/by/2.0/",
-                                                          "id": 4, "name": "Attribution License"}]
+        data["info"], data["licenses"] = (
+            COCO2017_INFO,
+            [{"url": "http://creativecommons.org/licenses/by/2.0/", "id": 4, "name": "Attribution License"}],
+        )
         for image in data["images"]:
             image.pop("demo_shapes")
-            image.update(license=4, coco_url=f"http://images.cocodataset.org/{split}/{image['file_name']}",
-                         date_captured="2013-11-14 11:18:45", flickr_url="http://farm3.staticflickr.com/x.jpg")
+            image.update(
+                license=4,
+                coco_url=f"http://images.cocodataset.org/{split}/{image['file_name']}",
+                date_captured="2013-11-14 11:18:45",
+                flickr_url="http://farm3.staticflickr.com/x.jpg",
+            )
         ann.write_text(json.dumps(data))
     return root
 
@@ -243,9 +285,18 @@ def write_kaggle_flickr8k(root: Path, n: int = 24, lists: str | None = None, see
     elif lists == "karpathy":
         written = {"train": names[4:], "val": names[:2], "test": names[2:4]}
         split_of = {name: split for split, members in written.items() for name in members}
-        images = [{"filename": name, "imgid": k, "split": split_of[name],
-                   "sentences": [{"raw": c, "sentid": 5 * k + j, "imgid": k, "tokens": c.split()}
-                                 for j, c in enumerate(captions[name])]} for k, name in enumerate(names)]
+        images = [
+            {
+                "filename": name,
+                "imgid": k,
+                "split": split_of[name],
+                "sentences": [
+                    {"raw": c, "sentid": 5 * k + j, "imgid": k, "tokens": c.split()}
+                    for j, c in enumerate(captions[name])
+                ],
+            }
+            for k, name in enumerate(names)
+        ]
         (root / "dataset_flickr8k.json").write_text(json.dumps({"images": images, "dataset": "flickr8k"}))
     return {"captions": captions, "lists": written}
 
@@ -289,23 +340,42 @@ def write_hf_parquet(root: Path, layout: str = "flickr30k", n: int = 24, seed: i
     captions = {name: write_shape_image(scratch / name, rng, SIDES) for name in names}
     odd_jpegs([scratch / name for name in names[:4]])
     splits = {name: "test" if k % 6 == 0 else "val" if k % 6 == 1 else "train" for k, name in enumerate(names)}
-    truth = {name: {"bytes": (scratch / name).read_bytes(), "captions": captions[name], "split": splits[name]}
-             for name in names}
+    truth = {
+        name: {"bytes": (scratch / name).read_bytes(), "captions": captions[name], "split": splits[name]}
+        for name in names
+    }
     empty = f"{rng.randrange(10**6, 10**10)}.jpg"  # a row without captions: skipped
     (root / "data").mkdir()
     if layout == "flickr30k":
-        table = [{"image": {"bytes": truth[m]["bytes"], "path": m}, "caption": truth[m]["captions"],
-                  "sentids": [str(5 * k + j) for j in range(5)], "split": splits[m], "img_id": str(k), "filename": m}
-                 for k, m in enumerate(names)]
-        table.append({"image": {"bytes": truth[names[5]]["bytes"], "path": empty}, "caption": [], "sentids": [],
-                      "split": "train", "img_id": "x", "filename": empty})
+        table = [
+            {
+                "image": {"bytes": truth[m]["bytes"], "path": m},
+                "caption": truth[m]["captions"],
+                "sentids": [str(5 * k + j) for j in range(5)],
+                "split": splits[m],
+                "img_id": str(k),
+                "filename": m,
+            }
+            for k, m in enumerate(names)
+        ]
+        table.append(
+            {
+                "image": {"bytes": truth[names[5]]["bytes"], "path": empty},
+                "caption": [],
+                "sentids": [],
+                "split": "train",
+                "img_id": "x",
+                "filename": empty,
+            }
+        )
         for part in range(2):
             pq.write_table(pa.Table.from_pylist(table[part::2]), root / "data" / f"test-0000{part}-of-00002.parquet")
     else:
         by_split: dict[str, list] = {}
         for m in names:
             row = {"image": {"bytes": truth[m]["bytes"], "path": None}} | {
-                f"caption_{j}": c for j, c in enumerate(truth[m]["captions"])}
+                f"caption_{j}": c for j, c in enumerate(truth[m]["captions"])
+            }
             by_split.setdefault(splits[m], []).append(row)
         by_split["train"].append({"image": {"bytes": None, "path": None}} | {f"caption_{j}": "x" for j in range(5)})
         for split, table in by_split.items():

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from clip_lab.data.split import CaptionedSplit
 from clip_lab.files import load_cache, name_slug, save_torch
-from clip_lab.text import TextEncoder, text_model_fingerprint
+from clip_lab.models.text import TextEncoder, text_model_fingerprint
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from clip_lab.data.caption_cache import caption_cache_path, caption_embeddings, ensure_caption_cache, expected_meta
-from clip_lab.augment import augment, center_crop
+from clip_lab.data.augment import augment, center_crop
 from clip_lab.data.datasets import DEMO_DESCRIPTION, check_dataset_files, data_title, load_split
 from clip_lab.data.kaggle import SEEDED
 from clip_lab.data.split import CaptionedSplit
@@ -21,9 +21,9 @@ from clip_lab.data.loader import CachedBatchLoader
 from clip_lab.data import image_cache
 from clip_lab.data.sampling import Pairs, PairBatchSampler
 from clip_lab.errors import ClipLabError
-from clip_lab.metrics import folded_retrieval_metrics
-from clip_lab.protocols import Protocol, resolve_protocol
-from clip_lab.text import DEFAULT_TEXT_MODEL, TextEncoder, text_embed_dim
+from clip_lab.eval.metrics import folded_retrieval_metrics
+from clip_lab.data.protocols import Protocol, resolve_protocol
+from clip_lab.models.text import DEFAULT_TEXT_MODEL, TextEncoder, text_embed_dim
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class RetrievalData(L.LightningDataModule):
         val_split: the split validated on (checkpoint selection); null: a fixed subset of `test_split` (the lab's
             COCO 2014 set-up, which has no third split).
         test_split: the split `test` evaluates.
-        protocol: how `test` evaluates it (`clip_lab.protocols`): "auto" (the standard one of the dataset's test
+        protocol: how `test` evaluates it (`clip_lab.data.protocols`): "auto" (the standard one of the dataset's test
             split: coco5k, flickr1k or val2014; else "full"), or a name, e.g. "coco1k" (mean over 5 folds).
         text_encoder: set from `model.text_encoder` by the CLI: null, the captions are embedded once by the frozen
             `text_model` and batches carry the embeddings; otherwise the model trains its own text encoder, batches

@@ -14,8 +14,8 @@ import torch
 from clip_lab.data import image_cache
 from clip_lab.data.split import CaptionedSplit
 from clip_lab.files import load_cache, name_slug, save_torch
-from clip_lab.text import text_model_fingerprint
-from clip_lab.vision import ClipImageTower
+from clip_lab.models.text import text_model_fingerprint
+from clip_lab.models.vision import ClipImageTower
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Evaluation: retrieval metrics and the one scoring path, test examples, search indexes."""

@@ -1,0 +1,101 @@
+"""`python -m clip_lab embed`: a checkpoint's embeddings of a split (images and captions), a folder of images or a file
+of texts, written to one `.pt` file for use elsewhere (numpy, FAISS, another notebook)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+
+from clip_lab.errors import ClipLabError
+from clip_lab.files import save_torch
+from clip_lab.jobs.infer import (
+    add_checkpoint_args,
+    caption_gallery,
+    embed_files,
+    image_gallery,
+    list_images,
+    load_checkpoint,
+    open_split,
+    require_file,
+    slug,
+    text_encoder,
+)
+
+log = logging.getLogger(__name__)
+
+
+def read_texts(path: str | Path) -> list[str]:
+    """One text per line of a UTF-8 file; blank lines are skipped; at least one text."""
+    path = require_file(path, "text file", "pass a UTF-8 file with one text per line")
+    try:
+        texts = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    except UnicodeDecodeError as e:
+        raise ClipLabError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from e
+    if not texts:
+        raise ClipLabError(f"{path} holds no text (one text per line)")
+    return texts
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m clip_lab embed", description=__doc__)
+    add_checkpoint_args(parser)
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--split", help="a split of the checkpoint's dataset: every readable image and every caption")
+    what.add_argument("--images", help="an image file or a folder of images (searched recursively)")
+    what.add_argument("--texts", help="a UTF-8 file with one text per line")
+    parser.add_argument("--out", default=None, help="output .pt (default <run>/embeddings/<what>.pt)")
+    args = parser.parse_args(argv)
+
+    if args.images is not None:
+        files = list_images(args.images)  # checked before the model loads
+    texts = read_texts(args.texts) if args.texts is not None else None
+    ckpt = load_checkpoint(args)
+    meta = {
+        "checkpoint": str(ckpt.path),
+        "checkpoint_sha256": ckpt.sha256,
+        "note": "rows are L2-normalized: cosine similarity is the dot product",
+    }
+    if args.split is not None:
+        split = open_split(ckpt, args.split)
+        images, usable, _ = image_gallery(ckpt, split)  # unreadable images are left out, as in evaluation
+        captions, _ = caption_gallery(ckpt, split)
+        position = torch.full((len(split.image_ids),), -1, dtype=torch.long)
+        position[torch.from_numpy(usable)] = torch.arange(len(usable))
+        out = {
+            "split": split.name,
+            "image_embeddings": images.float(),
+            "image_ids": torch.from_numpy(split.image_ids[usable]),
+            "file_names": [split.file_names[i] for i in usable],
+            "caption_embeddings": captions.float(),
+            "captions": split.captions,
+            "caption_ids": torch.from_numpy(split.caption_ids),
+            # the row of image_embeddings each caption belongs to; -1: its image could not be read
+            "caption_image_row": position[torch.from_numpy(split.caption_image)],
+        }
+        name = split.name
+    elif args.images is not None:
+        root = Path(args.images)
+        out = {
+            "image_embeddings": embed_files(ckpt, files),
+            "file_names": [str(f.relative_to(root)) if root.is_dir() else f.name for f in files],
+        }
+        name = f"images-{slug(root.stem)}"
+    else:
+        encoder = text_encoder(ckpt)
+        unknown = encoder.unknown_words(texts)
+        if unknown:  # they embed as the unknown token: the rows would not reflect them
+            log.warning(
+                "%s: %s not in the text encoder's vocabulary (read as its unknown token)",
+                args.texts,
+                ", ".join(map(repr, unknown)),
+            )
+        out = {"texts": texts, "text_embeddings": encoder.encode(texts).float().cpu(), "unknown_words": unknown}
+        name = f"texts-{slug(Path(args.texts).stem)}"
+    path = Path(args.out) if args.out else ckpt.run_dir / "embeddings" / f"{name}.pt"
+    save_torch(out | meta, path)
+    shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in out.items() if isinstance(v, torch.Tensor) and v.ndim == 2)
+    print(f"wrote {path}: {shapes} (load with torch.load(path, weights_only=True))")
+    return out | meta | {"path": str(path)}

@@ -1,0 +1,328 @@
+"""Inference for the zeroshot, search and embed jobs: a checkpoint with its data settings, embeddings, galleries."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import logging
+import math
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from clip_lab.data import caption_cache, datasets, image_cache
+from clip_lab.data.augment import center_crop
+from clip_lab.data.datamodule import RetrievalData
+from clip_lab.data.split import CaptionedSplit
+from clip_lab.errors import ClipLabError
+from clip_lab.files import atomic_path, load_cache, save_torch, sha256_file
+from clip_lab.models.text import TextEncoder
+from clip_lab.models.text_towers import TextTower
+from clip_lab.train.module import ClipLab
+
+log = logging.getLogger(__name__)
+
+GALLERY_VERSION = 1  # bump when what the image gallery cache stores changes
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+# the datamodule settings inference needs: taken from the checkpoint, each overridable by the flag of the same name
+DATA_FLAGS = {
+    "dataset": str,
+    "data_root": str,
+    "cache_dir": str,
+    "text_model": str,
+    "max_length": int,
+    "image_size": int,
+    "cache_image_size": int,
+    "max_bad_images": float,
+}
+
+
+def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
+    """--ckpt, --device, --batch_size, and one flag per data setting (default: the checkpoint's own)."""
+    parser.add_argument("--ckpt", required=True, help="checkpoint of a fit run: results/<run>/checkpoints/best.ckpt")
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--batch_size", type=int, default=256, help="images per forward pass")
+    group = parser.add_argument_group("data settings (default: those the checkpoint was trained with)")
+    for name, kind in DATA_FLAGS.items():
+        group.add_argument(f"--{name}", type=kind, default=None)
+
+
+def require_file(path: str | Path, what: str, fix: str) -> Path:
+    """`path` as a Path if it is a file; otherwise one ClipLabError line naming it and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise ClipLabError(f"{what} {path} does not exist; {fix}")
+    return path
+
+
+@dataclass
+class Checkpoint:
+    """A trained model ready for inference, with the data settings it was trained with (overridden by flags)."""
+
+    path: Path
+    sha256: str  # names and validates the caches derived from this checkpoint's weights
+    model: ClipLab
+    data: dict[str, Any]  # RetrievalData settings
+    device: torch.device
+    batch_size: int
+
+    @property
+    def run_dir(self) -> Path:
+        """`results/<run>` for `results/<run>/checkpoints/x.ckpt`; the checkpoint's folder otherwise."""
+        parent = self.path.parent
+        return parent.parent if parent.name == "checkpoints" else parent
+
+    @property
+    def logit_scale(self) -> float:
+        """The learned inverse temperature: logits are `logit_scale * cosine`, as in training."""
+        return float(self.model.logit_scale.detach().exp())
+
+
+def load_checkpoint(args: argparse.Namespace) -> Checkpoint:
+    """The model of `args.ckpt` in eval mode on the device, with its datamodule settings under the flags' overrides."""
+    path = require_file(
+        args.ckpt,
+        "checkpoint",
+        "pass a .ckpt written by `python -m clip_lab fit`, e.g. results/<run>/checkpoints/best.ckpt",
+    )
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ClipLabError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("datamodule_hyper_parameters")
+        # weights=None, text_pretrained=False: the trained weights come from the checkpoint; never download
+        # ImageNet or Hugging Face ones for nothing
+        model = ClipLab.load_from_checkpoint(path, map_location=device, weights=None, text_pretrained=False)
+    except ClipLabError:
+        raise
+    except Exception as e:  # truncated file, foreign pickle, another model's state dict: all the same to the user
+        raise ClipLabError(
+            f"cannot load {path} as a clip_lab checkpoint ({reason(e)}); pass a .ckpt written by "
+            "`python -m clip_lab fit`"
+        ) from e
+    model.eval()
+    model.to_fast_layout()
+    defaults = {
+        n: p.default for n, p in inspect.signature(RetrievalData).parameters.items() if p.default is not p.empty
+    }
+    flags = {n: getattr(args, n) for n in DATA_FLAGS if getattr(args, n, None) is not None}
+    data = defaults | {k: v for k, v in (stored or {}).items() if not k.startswith("_")} | flags
+    if not 0 < data["image_size"] <= data["cache_image_size"]:
+        raise ClipLabError(
+            f"image_size {data['image_size']} must be positive and at most cache_image_size {data['cache_image_size']}"
+        )
+    if args.batch_size < 1:
+        raise ClipLabError(f"--batch_size must be at least 1, not {args.batch_size}")
+    return Checkpoint(path, sha256_file(path), model, data, device, args.batch_size)
+
+
+def reason(e: BaseException | None) -> str:
+    """`Type: first line of the message`, so an error stays one line."""
+    if e is None:
+        return "unknown error"
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+def text_encoder(ckpt: Checkpoint) -> TextEncoder | TextTower:
+    """The text encoder that built the checkpoint's training targets, on the checkpoint's device: the one trained
+    with it (in the checkpoint), or the frozen CLIP tower its data named."""
+    if ckpt.model.text_tower is not None:
+        return ckpt.model.text_tower
+    encoder = TextEncoder(ckpt.data["text_model"], ckpt.data["max_length"]).to(ckpt.device)
+    if encoder.dim != ckpt.model.hparams.embed_dim:
+        raise ClipLabError(
+            f"text model {ckpt.data['text_model']} embeds into {encoder.dim} dimensions, the "
+            f"checkpoint's image tower into {ckpt.model.hparams.embed_dim}; pass the --text_model "
+            "it was trained with"
+        )
+    return encoder
+
+
+# -- images ------------------------------------------------------------------------------------------------------------
+def list_images(path: str | Path) -> list[Path]:
+    """One image file, or every image file under a folder (recursively, sorted); ClipLabError when there is none."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise ClipLabError(f"no such image file or folder: {path}")
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ClipLabError(
+            f"folder {path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); pass a folder of "
+            "images, one image file, or a split name"
+        )
+    return files
+
+
+def read_image(path: str | Path, size: int) -> np.ndarray:
+    """One image file -> `[size, size, 3]` uint8, decoded exactly as the image cache decodes it."""
+    path = require_file(path, "image", "pass an existing JPEG or PNG file")
+    try:
+        return image_cache.decode_pil(path, size)
+    except ClipLabError as e:  # decode_pil's fix speaks of COCO's captions json; this file is the user's own
+        raise ClipLabError(f"cannot read image {path} ({reason(e.__cause__)}); pass a JPEG or PNG file") from e
+
+
+def model_view(square: np.ndarray, image_size: int) -> np.ndarray:
+    """The centre crop the model sees of one stored `[S, S, 3]` square, as `[image_size, image_size, 3]` for display."""
+    return center_crop(torch.tensor(square)[None], image_size)[0].permute(1, 2, 0).numpy()
+
+
+@torch.no_grad()
+def embed_images(ckpt: Checkpoint, squares: np.ndarray, progress: bool = False) -> Tensor:
+    """uint8 `[N, S, S, 3]` squares (as the image cache holds) -> float32 `[N, dim]` CPU embeddings of centre crops."""
+    cuda = ckpt.device.type == "cuda"
+    starts = range(0, len(squares), ckpt.batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="embedding images", unit="batch", disable=None)
+    out = [torch.empty(0, ckpt.model.hparams.embed_dim)]
+    for s in starts:
+        batch = torch.from_numpy(np.array(squares[s : s + ckpt.batch_size])).to(
+            ckpt.device
+        )  # a copy: memmaps are read-only
+        with torch.autocast(ckpt.device.type, dtype=torch.bfloat16, enabled=cuda):  # the precision fit tests with
+            out.append(ckpt.model(center_crop(batch, ckpt.data["image_size"])).float().cpu())
+    return torch.cat(out)
+
+
+def embed_files(ckpt: Checkpoint, files: Sequence[Path]) -> Tensor:
+    """Embeddings `[len(files), dim]` of image files, decoded a batch at a time (never a whole folder in memory)."""
+    size = ckpt.data["cache_image_size"]
+    chunks = [torch.empty(0, ckpt.model.hparams.embed_dim)]
+    for s in range(0, len(files), ckpt.batch_size):
+        chunks.append(embed_images(ckpt, np.stack([read_image(f, size) for f in files[s : s + ckpt.batch_size]])))
+    return torch.cat(chunks)
+
+
+# -- splits and the image gallery --------------------------------------------------------------------------------------
+def is_split(ckpt: Checkpoint, name: str) -> bool:
+    """Whether `name` is a split name of the checkpoint's dataset (its files may still be missing)."""
+    try:
+        datasets.check_split_name(ckpt.data["dataset"], name)
+    except ClipLabError:
+        return False
+    return True
+
+
+def open_split(ckpt: Checkpoint, name: str) -> CaptionedSplit:
+    """The split `name` of the checkpoint's dataset; one clear line when it is not there."""
+    # load_split checks first: it names the missing files, or the dataset's split names
+    return datasets.load_split(ckpt.data["dataset"], ckpt.data["data_root"], name, ckpt.data["split_seed"])
+
+
+def image_gallery(ckpt: Checkpoint, split: CaptionedSplit) -> tuple[Tensor, np.ndarray, Path]:
+    """(float32 `[n, dim]` embeddings of the split's readable images, their indices in `split`, the cache file).
+
+    Images the image cache skipped (unreadable or absent) are left out, as in training and evaluation.
+
+    Computed once per checkpoint (by content hash), split and image size, from the split's image cache (built if
+    missing), and stored under cache_dir with what it depends on; a cache whose metadata differs is rebuilt.
+    """
+    hp = ckpt.data
+    size = hp["cache_image_size"]
+    name = f"gallery_{split.name}_{split.fingerprint}_{size}_crop{hp['image_size']}_{ckpt.sha256[:16]}.pt"
+    path = Path(hp["cache_dir"]) / name
+    meta = {
+        "version": GALLERY_VERSION,
+        "checkpoint_sha256": ckpt.sha256,
+        "image_size": hp["image_size"],
+        "image_cache": image_cache.expected_meta(split, size),
+        "dim": ckpt.model.hparams.embed_dim,
+    }
+    emb = _load_gallery(path, meta)
+    if emb is None:
+        t0 = time.perf_counter()
+        pixels = image_cache.ensure_image_cache(
+            hp["cache_dir"], split, size, ckpt.device, hp["num_workers"], hp["max_bad_images"]
+        )
+        emb = embed_images(ckpt, pixels, progress=True)
+        save_torch({"meta": meta, "embeddings": emb, "image_ids": torch.from_numpy(split.image_ids)}, path)
+        log.info("image gallery %s: %d images embedded in %.1f s", path, len(emb), time.perf_counter() - t0)
+    else:
+        log.info("image gallery %s: reused", path)
+    usable = np.setdiff1d(np.arange(len(emb)), image_cache.bad_image_indices(hp["cache_dir"], split, size))
+    return emb[torch.from_numpy(usable)], usable, path
+
+
+def caption_gallery(ckpt: Checkpoint, split: CaptionedSplit) -> tuple[Tensor, Path]:
+    """(float16 `[n_captions, dim]` embeddings of every caption of `split`, their file), built when missing or stale:
+    the caption cache fit uses (the frozen text model's; it does not depend on the checkpoint), or for a checkpoint
+    with its own trained text encoder, that encoder's embeddings, named and checked by the checkpoint's hash."""
+    hp = ckpt.data
+    if ckpt.model.text_tower is None:
+        path = caption_cache.ensure_caption_cache(
+            split,
+            hp["cache_dir"],
+            hp["text_model"],
+            hp["max_length"],
+            lambda: text_encoder(ckpt),
+            hp["text_batch_size"],
+        )
+        meta = caption_cache.expected_meta(split, hp["text_model"], hp["max_length"])
+        return caption_cache.caption_embeddings(path, meta, split), path
+    path = Path(hp["cache_dir"]) / f"captions_{split.name}_{split.fingerprint}_ckpt{ckpt.sha256[:16]}.pt"
+    meta = {
+        "version": caption_cache.CACHE_VERSION,
+        "split": split.name,
+        "fingerprint": split.fingerprint,
+        "annotation_sha256": split.annotation_sha256,
+        "checkpoint_sha256": ckpt.sha256,
+        "n_captions": len(split.captions),
+    }
+    if caption_cache.load_caption_cache(path, meta, split) is None:
+        caption_cache.build_caption_cache(split, text_encoder(ckpt), path, meta, hp["text_batch_size"])
+    return caption_cache.caption_embeddings(path, meta, split), path
+
+
+def _load_gallery(path: Path, meta: dict[str, Any]) -> Tensor | None:
+    cache = load_cache(path, meta, "image gallery")
+    if cache is None:
+        return None
+    emb = cache.get("embeddings")
+    if not isinstance(emb, Tensor) or emb.shape != (meta["image_cache"]["n_images"], meta["dim"]):
+        log.warning("image gallery %s holds embeddings of another shape; rebuilding it", path)
+        return None
+    return emb
+
+
+# -- outputs -----------------------------------------------------------------------------------------------------------
+def slug(text: str, limit: int = 60) -> str:
+    """A file-name-safe version of `text` (letters, digits, dashes)."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:limit].strip("-") or "query"
+
+
+def save_image_grid(
+    path: Path,
+    images: Sequence[np.ndarray],
+    titles: Sequence[str],
+    colors: Sequence[str] | None = None,
+    suptitle: str = "",
+    cols: int = 4,
+) -> None:
+    """A PNG grid of HWC uint8 images with a title each (matplotlib's Agg renderer; no pyplot, no global state)."""
+    from matplotlib.figure import Figure
+
+    cols = max(1, min(cols, len(images)))
+    rows = max(1, math.ceil(len(images) / cols))
+    fig = Figure(figsize=(2.4 * cols, 2.6 * rows + 0.5), layout="constrained")
+    axes = list(fig.subplots(rows, cols, squeeze=False).flat)
+    for ax in axes:
+        ax.axis("off")
+    for ax, image, title, color in zip(axes, images, titles, colors or ["black"] * len(images)):
+        ax.imshow(image)
+        ax.set_title(title, fontsize=9, color=color)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)

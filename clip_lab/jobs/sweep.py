@@ -1,0 +1,209 @@
+"""`python -m clip_lab sweep`: every ablation over several seeds, then test recall as mean ± std against the baseline.
+
+A variant is a list of YAML overlays from `configs/ablations/` stacked on the base config: `bn_head` is
+`ablations/bn_head.yaml`, `bn_head+augment` stacks two. Runs land in `results/<name>/<variant>/seed<k>/`; a run whose
+`test_metrics.json` exists is reused, so an interrupted sweep resumes where it stopped. The summary goes to
+`results/<name>.json` and `results/<name>.md`.
+
+A difference counts as beyond the seed-to-seed spread when it exceeds two standard errors of the difference of
+the two means, `2 * sqrt(s_base^2 / n_base + s_variant^2 / n_variant)` (about a 95 % two-sided test); with a single
+seed nothing can be said, and the table says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from clip_lab.errors import ClipLabError
+from clip_lab.files import CONFIGS, save_json, save_text
+from clip_lab.report.tables import markdown_table
+from clip_lab.train import cli
+
+log = logging.getLogger(__name__)
+
+ABLATIONS = CONFIGS / "ablations"
+DEFAULT_VARIANTS = ("baseline", "bn_head", "augment", "bn_head+augment", "freeze_stem")
+METRICS = ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "rsum")
+
+
+def overlays(variant: str) -> list[Path]:
+    """The YAML files a variant stacks on the base config (`baseline`: none)."""
+    if variant == "baseline":
+        return []
+    files = [ABLATIONS / f"{part}.yaml" for part in variant.split("+")]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        known = ", ".join(sorted(p.stem for p in ABLATIONS.glob("*.yaml")))
+        raise ClipLabError(
+            f"variant {variant!r}: no {', '.join(missing)} in {ABLATIONS}; known ablations: {known} "
+            "(combine them with '+', e.g. bn_head+augment)"
+        )
+    return files
+
+
+def run_variant(variant: str, seed: int, args: argparse.Namespace) -> Path:
+    """Fit and test one (variant, seed) unless its results exist; return the run folder."""
+    run = f"{args.name}/{variant}/seed{seed}"
+    run_dir = Path(args.results_dir) / run
+    if (run_dir / "test_metrics.json").is_file():
+        log.info("sweep: %s done already, reusing it", run_dir)
+        return run_dir
+    if run_dir.exists():  # an interrupted run of this sweep: the sweep owns the folder, start it over
+        log.info("sweep: %s is incomplete, running it again", run_dir)
+        shutil.rmtree(run_dir)
+    configs = [c for base in args.config for c in ("-c", str(base))]
+    configs += [c for f in overlays(variant) for c in ("-c", str(f))]
+    cli.main(
+        [
+            "fit",
+            *configs,
+            "--run",
+            run,
+            "--results_dir",
+            args.results_dir,
+            "--seed_everything",
+            str(seed),
+            "--data.seed",
+            str(seed),
+            *args.overrides,
+        ]
+    )
+    cli.main(["test", "-c", str(run_dir / "config.yaml"), "--ckpt_path", str(run_dir / "checkpoints" / "best.ckpt")])
+    return run_dir
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, float("nan")
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def summarize(
+    results: dict[str, list[dict[str, float]]], base: str = "baseline", exact: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Per variant (its test metrics, one dict per seed): each metric's values, mean and std over seeds, and its
+    difference to the `base` variant's. Variants in `exact` have no seed (a pretrained model evaluated once): their
+    spread is zero, not unknown."""
+    out: dict[str, Any] = {}
+    for variant, seeds in results.items():
+        metrics = {}
+        for key in METRICS:
+            values = [r[key] for r in seeds]
+            mean, std = mean_std(values)
+            std = 0.0 if variant in exact else std
+            metrics[key] = {"values": values, "mean": mean, "std": std}
+        out[variant] = {"metrics": metrics}
+    if base in out:
+        base_metrics = out[base]["metrics"]
+        for variant in out:
+            comparison = {}
+            for key in METRICS:
+                b, v = base_metrics[key], out[variant]["metrics"][key]
+                se = math.sqrt(b["std"] ** 2 / len(b["values"]) + v["std"] ** 2 / len(v["values"]))
+                diff = v["mean"] - b["mean"]
+                comparison[key] = {
+                    "diff": diff,
+                    "se": se,
+                    "beyond_spread": None if math.isnan(se) else bool(abs(diff) > 2 * se),
+                }
+            out[variant]["vs_baseline"] = comparison
+    return out
+
+
+def ablation_table(
+    summary: dict[str, Any], order: list[str] | None = None, base: str = "baseline"
+) -> tuple[list[str], list[list[str]]]:
+    """(headers, rows): test recall (%) as mean ± std per variant, its R-sum difference to the `base` variant with two
+    standard errors, and whether that difference is beyond the seed spread."""
+    headers = ["variant", *[k.replace("_", " ") for k in METRICS], "Δ R-sum (2 SE)", "beyond seed spread?"]
+    rows = []
+    for variant in order or list(summary):
+        v = summary[variant]
+        cells = [
+            f"{100 * m['mean']:.1f} ± {100 * m['std']:.1f}" if len(m["values"]) > 1 else f"{100 * m['mean']:.1f}"
+            for m in (v["metrics"][key] for key in METRICS)
+        ]
+        cmp = v.get("vs_baseline", {}).get("rsum")
+        if variant == base or cmp is None:
+            tail = ["", ""]
+        else:
+            verdict = {True: "**yes**", False: "no", None: "n/a (one seed)"}[cmp["beyond_spread"]]
+            se = "" if math.isnan(cmp["se"]) else f" ({200 * cmp['se']:.1f})"
+            tail = [f"{100 * cmp['diff']:+.1f}{se}", verdict]
+        rows.append([variant, *cells, *tail])
+    return headers, rows
+
+
+def markdown(summary: dict[str, Any], seeds: list[int], order: list[str] | None = None) -> str:
+    """The sweep's table in Markdown, with what its columns mean."""
+    return (
+        f"Test recall in % (standard protocol), mean ± std over seeds {seeds}; R-sum is the sum of the six.\n\n"
+        + markdown_table(*ablation_table(summary, order))
+        + "\n\nBeyond seed spread: |Δ| > 2 standard errors "
+        "of the difference of the means (2·sqrt(s_b²/n_b + s_v²/n_v)).\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        prog="python -m clip_lab sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "-c",
+        "--config",
+        action="append",
+        default=None,
+        help="base config(s), stacked in order (default: configs/coco.yaml)",
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(DEFAULT_VARIANTS),
+        help="baseline and ablation names from configs/ablations/, '+' stacks several",
+    )
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per variant")
+    parser.add_argument(
+        "--name", default="ablations", help="results/<name>/ holds the runs, results/<name>.json the table"
+    )
+    parser.add_argument("--results_dir", default="results")
+    parser.add_argument(
+        "overrides", nargs="*", help="after '--': options for every fit, e.g. -- --trainer.max_epochs 3"
+    )
+    args = parser.parse_args(argv)
+    args.config = args.config or [str(CONFIGS / "coco.yaml")]
+    if args.seeds < 1:
+        raise ClipLabError("--seeds must be at least 1")
+    if "baseline" not in args.variants:
+        args.variants.insert(0, "baseline")  # every comparison is against it
+    for variant in args.variants:
+        overlays(variant)  # check every name before the first hour of training
+    seeds = list(range(args.seeds))
+
+    runs = {v: [run_variant(v, s, args) for s in seeds] for v in args.variants}
+    tests = {v: [json.loads((d / "test_metrics.json").read_text()) for d in dirs] for v, dirs in runs.items()}
+    summary = summarize({v: [t["metrics"] for t in results] for v, results in tests.items()})
+    result = {
+        "protocol": tests["baseline"][0]["protocol"],
+        "seeds": seeds,
+        "order": args.variants,  # the JSON's keys get sorted; tables and figures follow this order
+        "base_configs": args.config,
+        "overrides": args.overrides,
+        "variants": {
+            v: {"overlays": [str(f) for f in overlays(v)], "runs": [str(d) for d in runs[v]], **summary[v]}
+            for v in args.variants
+        },
+    }
+    out = Path(args.results_dir) / f"{args.name}.json"
+    save_json(result, out)
+    table = markdown(summary, seeds, args.variants)
+    save_text(table, out.with_suffix(".md"))
+    print(f"\n{table}\nwritten: {out} and {out.with_suffix('.md')}")
+    return result

@@ -1,0 +1,1 @@
+"""Training: the LightningModule, the LightningCLI, optimizer and schedule, distributed helpers, run records."""

@@ -1,0 +1,397 @@
+"""The LightningModule that trains the image tower against cached text embeddings and evaluates retrieval."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from clip_lab.errors import ClipLabError
+from clip_lab.eval.examples import test_examples
+from clip_lab.eval.metrics import embedding_retrieval_metrics
+from clip_lab.files import save_json, save_torch
+from clip_lab.models.image import ImageEncoder, build_head
+from clip_lab.models.loss import InfoNCE
+from clip_lab.models.text_towers import LSTMTextTower, build_text_tower
+from clip_lab.train.distributed import gather_rows, gather_with_grad
+
+log = logging.getLogger(__name__)
+
+FIRST_CAPTION_PROTOCOL = (
+    "first caption only (what most course submissions report; NOT comparable with published numbers): each "
+    "image is paired with its first caption alone and recall is read off the diagonal of that square matrix, so "
+    "an image's other captions are not in the gallery; ties count against the model"
+)
+
+
+FINITE_CHECK_EVERY = 50  # steps between looks at the NaN/inf flag (each look is one host sync)
+# what a checkpoint's weights are shaped by
+ARCHITECTURE = (
+    "backbone",
+    "embed_dim",
+    "head",
+    "head_hidden",
+    "head_norm",
+    "text_encoder",
+    "vocab_size",
+    "text_width",
+    "text_layers",
+)
+
+
+def check_compatible(stored: dict[str, Any], current: dict[str, Any]) -> None:
+    """A checkpoint of another architecture gives one clear line instead of a state_dict shape mismatch."""
+    diff = [
+        f"{k}: checkpoint {stored.get(k)!r}, config {current.get(k)!r}"
+        for k in ARCHITECTURE
+        if k in stored and k in current and stored.get(k) != current.get(k)
+    ]
+    if diff:
+        raise ClipLabError(
+            "the checkpoint was trained with another model (" + "; ".join(diff) + "): use the run's "
+            "own config (-c results/<run>/config.yaml) or set those model options to match"
+        )
+
+
+class ClipLab(L.LightningModule):
+    """Image encoder + projection head trained with symmetric InfoNCE against text embeddings: by default a frozen
+    CLIP text tower's, cached once per caption; or those of a text encoder trained alongside (`text_encoder`).
+
+    Args:
+        backbone: torchvision model name of the image encoder.
+        weights: torchvision weights name (ImageNet `IMAGENET1K_V2` for ResNet50), or null for random init.
+        embed_dim: width of the text embeddings (linked from the data's text model by the CLI).
+        head: the projection head: "mlp" (Linear -> [norm] -> GELU -> Linear, the lab's) or "linear" (one matrix).
+        head_hidden: hidden width of the MLP head.
+        head_norm: normalization after the head's first Linear: null (baseline), "batch" or "layer".
+        freeze_stages: ResNet stages kept frozen at their pretrained values (0: none; 1: the stem; 2: the stem and
+            layer1; ... 5: everything but the head).
+        lr: peak learning rate of the head and the temperature.
+        backbone_lr: peak learning rate of the (pretrained) backbone; fine-tuning wants it lower than the head's.
+        weight_decay: AdamW decay of weight matrices (biases, norms and the temperature get none).
+        warmup_fraction: share of all optimizer steps spent on linear warmup before the cosine decay to zero.
+        temperature: initial softmax temperature (CLIP's 0.07, a logit scale of ~14.3); learned from there.
+        max_logit_scale: the logit scale (1 / temperature) is clamped at this value, as in CLIP.
+        image_size: side of the input images (linked from the data by the CLI); only a Vision Transformer's shape
+            depends on it.
+        text_encoder: null (default): the data's frozen CLIP text tower, whose caption embeddings are cached once;
+            "lstm": a word-level bidirectional LSTM trained from scratch, its vocabulary the training captions'
+            `vocab_size - 2` most frequent words; otherwise a Hugging Face encoder id or directory fine-tuned end to
+            end (e.g. distilbert-base-uncased). A trained text encoder sees token rows in the training step and
+            re-embeds the evaluation captions at every evaluation.
+        text_lr: peak learning rate of the trained text encoder's body (its projection trains at `lr`): ~2e-5
+            fine-tunes a pretrained transformer; an LSTM from scratch wants ~1e-3.
+        text_max_length: tokens (LSTM: words) per caption for a trained text encoder; longer captions are cut.
+        vocab_size: rows of the LSTM's word embedding (two reserved: padding, unknown).
+        text_width: the LSTM's word-embedding and state width (both directions together).
+        text_layers: stacked LSTM layers per direction.
+        text_pretrained: load the transformer's pretrained weights (false: its architecture alone, e.g. when a
+            checkpoint's weights replace them).
+        compile: `torch.compile` the training forward pass (GPU: ~1.4x the images/s of ResNet50 after a minute or
+            two of compilation at the start of fit; evaluation stays eager).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        weights: str | None = "IMAGENET1K_V2",
+        embed_dim: int = 512,
+        head: str = "mlp",
+        head_hidden: int = 2048,
+        head_norm: str | None = None,
+        freeze_stages: int = 0,
+        lr: float = 1e-3,
+        backbone_lr: float = 1e-4,
+        weight_decay: float = 0.1,
+        warmup_fraction: float = 0.05,
+        temperature: float = 0.07,
+        max_logit_scale: float = 100.0,
+        compile: bool = False,
+        image_size: int = 224,
+        text_encoder: str | None = None,
+        text_lr: float = 2e-5,
+        text_max_length: int = 32,
+        vocab_size: int = 10000,
+        text_width: int = 512,
+        text_layers: int = 1,
+        text_pretrained: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.image_encoder = ImageEncoder(backbone, weights, freeze_stages, image_size)
+        self.head = build_head(head, self.image_encoder.out_dim, embed_dim, head_hidden, head_norm)
+        self.text_tower = (
+            None
+            if text_encoder is None
+            else build_text_tower(
+                text_encoder, embed_dim, text_max_length, vocab_size, text_width, text_layers, text_pretrained
+            )
+        )
+        self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / temperature)))
+        self.loss = InfoNCE()
+        self._compiled_forward: Any = None
+        self._nonfinite: Tensor | None = None
+        self._checked_step = 0  # set by to_fast_layout(compile=True); a function, not a submodule
+        self._eval: list[tuple[Tensor, Tensor, Tensor]] = []
+        self._first_caption: dict[str, float] = {}
+        self._examples: tuple[dict, dict] = ({}, {})
+
+    def forward(self, images: Tensor) -> Tensor:
+        """uint8 images -> L2-normalized embeddings in the text embedding space."""
+        return F.normalize(self.head(self.image_encoder(images)).float(), dim=-1)
+
+    def embed_text(self, rows: Tensor) -> Tensor:
+        """The text side of a batch: cached caption embeddings as they come, or token rows through the trained text
+        encoder (a row of zeros, an image without captions, stays zeros)."""
+        if self.text_tower is None:
+            return rows
+        return self.text_tower(rows) * (rows > 0).any(dim=1, keepdim=True)
+
+    def setup(self, stage: str) -> None:
+        """A trained text encoder reads token rows: fit an LSTM's vocabulary to the training captions (a checkpoint
+        being resumed or tested brings its own, restored after this) and have the data tokenize with it."""
+        datamodule = getattr(self._trainer, "datamodule", None)  # none outside a Trainer
+        if self.text_tower is None or datamodule is None:
+            return
+        if isinstance(self.text_tower, LSTMTextTower) and not self.text_tower.vocabulary and stage == "fit":
+            self.text_tower.fit_vocabulary(datamodule.split(datamodule.hparams.train_split).captions)
+        datamodule.use_tokenizer(self.text_tower.tokenize)
+
+    # -- training -----------------------------------------------------------------------------------------------------
+    def to_fast_layout(self, compile: bool = False) -> None:
+        """On a GPU: channels_last weights (the layout Tensor Cores convolve fastest), and `torch.compile` if asked."""
+        if self.device.type == "cuda":
+            self.image_encoder.use_channels_last()
+        if compile:
+            self._compiled_forward = torch.compile(self.forward)
+
+    def on_fit_start(self) -> None:
+        self.to_fast_layout(self.hparams.compile)
+
+    def train_loss(self, images: Tensor, text: Tensor) -> tuple[Tensor, Tensor]:
+        """(InfoNCE loss, in-batch accuracy) of a batch: the whole training computation before backward."""
+        forward = self._compiled_forward or self.forward
+        # over several processes: the loss of the global batch (every rank's pairs are every rank's negatives)
+        return self.loss(
+            gather_with_grad(forward(images)), gather_with_grad(self.embed_text(text)), self.logit_scale.exp()
+        )
+
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
+        images, text, _ = batch
+        loss, acc = self.train_loss(images, text)
+        # remembered on the device, read every FINITE_CHECK_EVERY steps: one host sync per 50 steps, not per step
+        nonfinite = ~torch.isfinite(loss.detach())
+        self._nonfinite = nonfinite if self._nonfinite is None else self._nonfinite | nonfinite
+        # epoch-level logging accumulates on the device: no host sync per step
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train/acc", acc, on_step=False, on_epoch=True)
+        self.log("train/logit_scale", self.logit_scale.exp(), on_step=False, on_epoch=True)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        with torch.no_grad():  # CLIP clamps the learnable scale after each step
+            self.logit_scale.clamp_(max=math.log(self.hparams.max_logit_scale))
+        if self._nonfinite is not None and (
+            self.global_step % FINITE_CHECK_EVERY == 0 or batch_idx + 1 == self.trainer.num_training_batches
+        ):
+            self._check_finite()
+
+    def _check_finite(self) -> None:
+        """Stop at the first check after the loss went NaN or infinite, naming the steps and last good checkpoint."""
+        if bool(self._nonfinite):
+            callback = self.trainer.checkpoint_callback
+            good = (getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")) or "none yet"
+            raise ClipLabError(
+                f"the training loss became NaN or infinite at or before global step {self.global_step} (after step "
+                f"{self._checked_step}, the last check); last good checkpoint: {good}. Lower model.lr / "
+                "model.backbone_lr or check the data, then resume from it with --ckpt_path"
+            )
+        self._checked_step = self.global_step
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the augmentation's random state, so a resumed run draws the same crops as an uninterrupted one
+        checkpoint["clip_lab_rng"] = {
+            "cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+        if isinstance(
+            self.text_tower, LSTMTextTower
+        ):  # the vocabulary is no tensor, but the weights mean nothing without it
+            checkpoint["clip_lab_vocabulary"] = self.text_tower.vocabulary
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_compatible(checkpoint.get("hyper_parameters", {}), self.hparams)
+        mine, theirs = self.state_dict(), checkpoint.get("state_dict", {})
+        differ = sorted(set(mine) ^ set(theirs)) + [k for k in mine if k in theirs and mine[k].shape != theirs[k].shape]
+        if differ:  # hyperparameters can be overridden on loading; the tensors cannot lie
+            k = differ[0]
+            shapes = (
+                f"{tuple(theirs[k].shape) if k in theirs else 'absent'} in the checkpoint, "
+                f"{tuple(mine[k].shape) if k in mine else 'absent'} here"
+            )
+            raise ClipLabError(
+                f"the checkpoint holds another model than this configuration builds ({len(differ)} "
+                f"tensors differ, e.g. {k}: {shapes}); load it with the run's own config or matching "
+                "model options"
+            )
+        if isinstance(self.text_tower, LSTMTextTower):
+            if not checkpoint.get("clip_lab_vocabulary"):
+                raise ClipLabError(
+                    "the checkpoint has LSTM text-encoder weights but no vocabulary (clip_lab_vocabulary); "
+                    "it was not written by clip_lab's fit: retrain, or load one that was"
+                )
+            self.text_tower.set_vocabulary(checkpoint["clip_lab_vocabulary"])
+        rng = checkpoint.get("clip_lab_rng")
+        trainer = self._trainer  # None when loaded outside a Trainer (load_from_checkpoint)
+        if rng and trainer is not None and trainer.state.fn == "fit":  # resuming: continue the same stream
+            torch.set_rng_state(rng["cpu"])
+            if rng["cuda"] and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.build_optimizer()
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(self.hparams.warmup_fraction * total)
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def build_optimizer(self) -> torch.optim.AdamW:
+        """AdamW; the image backbone at `backbone_lr`, a trained text encoder's body at `text_lr`, the rest (heads,
+        temperature) at `lr`; each with and without weight decay (none on biases, norms, the temperature, or
+        embedding tables); fused on CUDA."""
+        hp = self.hparams
+        groups: dict[tuple[str, bool], list[Tensor]] = {}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            part = (
+                "image_encoder"
+                if name.startswith("image_encoder.")
+                else "text_body"
+                if name.startswith("text_tower.body.")
+                else "head"
+            )
+            decay = p.ndim >= 2 and "embedding" not in name  # word/position tables: decay pulls rare words to zero
+            groups.setdefault((part, decay), []).append(p)
+        lrs = {"image_encoder": hp.backbone_lr, "text_body": hp.text_lr, "head": hp.lr}
+        return torch.optim.AdamW(
+            [
+                {"params": ps, "lr": lrs[part], "weight_decay": hp.weight_decay if decay else 0.0}
+                for (part, decay), ps in groups.items()
+            ],
+            fused=self.device.type == "cuda",
+        )
+
+    # -- evaluation ---------------------------------------------------------------------------------------------------
+    def _eval_step(self, batch: tuple[Tensor, Tensor, Tensor]) -> None:
+        images, text, index = batch
+        self._eval.append((index, self(images), self.embed_text(text)))
+
+    def _eval_end(self, stage: str) -> dict[str, float] | None:
+        index, image_emb, first_caption = gather_rows(*(torch.cat(t) for t in zip(*self._eval)))  # all ranks' images
+        self._eval.clear()
+        if self.trainer.sanity_checking:
+            return None
+        datamodule = self.trainer.datamodule
+        expected = torch.as_tensor(datamodule.eval_images(stage), device=index.device)
+        order = index.argsort()
+        if not torch.equal(index[order], expected):
+            raise RuntimeError(
+                f"{stage}: embedded {len(index)} images, expected the {len(expected)} of the split "
+                "(limit_val_batches / limit_test_batches < 1 cannot give retrieval metrics)"
+            )
+        image_emb, first_caption = image_emb[order], first_caption[order]
+        # a trained text encoder re-embeds the evaluated captions (token rows) as it is now; else the cached ones
+        embed = None if self.text_tower is None else lambda rows: self.text_tower.encode_tokens(rows.to(self.device))
+        targets = datamodule.retrieval_targets(stage, embed)
+        metrics = datamodule.retrieval_metrics(stage, image_emb, targets)
+        metrics["loss"] = self._eval_loss(image_emb, first_caption, datamodule.hparams.batch_size)
+        self.log_dict({f"{stage}/{k}": float(v) for k, v in metrics.items()})
+        if stage == "test":
+            self._first_caption = self._first_caption_metrics(image_emb, first_caption)
+            self.log_dict({f"test/first_caption/{k}": float(v) for k, v in self._first_caption.items()})
+            split = datamodule.split(datamodule.eval_split(stage))
+            caption_emb, caption_image = targets
+            self._examples = test_examples(
+                image_emb,
+                caption_emb.to(self.device),
+                caption_image.to(self.device),
+                split,
+                datamodule.eval_images(stage),
+                datamodule.eval_captions(stage),
+                image_ref=lambda i: datamodule.image_ref(split, i),
+            )
+        return metrics
+
+    @staticmethod
+    def _first_caption_metrics(image_emb: Tensor, first_caption: Tensor) -> dict[str, float]:
+        """The diagonal protocol: image i against the first captions of all images, caption i belonging to image i.
+
+        The same `retrieval_metrics` with one caption per image: only the gallery differs from the standard protocol.
+        """
+        has_caption = first_caption.abs().sum(dim=1) > 0
+        image_emb, first_caption = image_emb[has_caption], first_caption[has_caption]
+        diagonal = torch.arange(len(image_emb), device=image_emb.device)
+        metrics = embedding_retrieval_metrics(image_emb, first_caption.to(image_emb.dtype), diagonal)
+        metrics["n_images"] = metrics["n_captions"] = len(image_emb)
+        return metrics
+
+    @torch.no_grad()
+    def _eval_loss(self, image_emb: Tensor, text_emb: Tensor, batch_size: int) -> float:
+        """InfoNCE over consecutive chunks of the training batch size (so it compares with the training loss)."""
+        has_caption = text_emb.abs().sum(dim=1) > 0
+        image_emb, text_emb = image_emb[has_caption], text_emb[has_caption]
+        scale = self.logit_scale.exp()
+        losses = [self.loss(i, t, scale)[0] for i, t in zip(image_emb.split(batch_size), text_emb.split(batch_size))]
+        return torch.stack(losses).mean().item()
+
+    def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val")
+
+    def on_test_start(self) -> None:
+        self.to_fast_layout()
+
+    def test_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_test_epoch_end(self) -> None:
+        metrics = self._eval_end("test")
+        run_dir = Path(self.trainer.log_dir)  # a collective under DDP: every rank asks, rank 0 writes
+        if metrics is None or not self.trainer.is_global_zero:
+            return
+        datamodule = self.trainer.datamodule
+        protocol = datamodule.protocol_record(int(metrics["n_images"]), int(metrics["n_captions"]))
+        if protocol["published_size"] is False:
+            log.warning(
+                "test under protocol %s: %s; the numbers are not exactly comparable with published ones",
+                protocol["name"],
+                protocol["size_note"],
+            )
+        result = {
+            "dataset": datamodule.hparams.dataset,
+            "split": datamodule.hparams.test_split,
+            "split_origin": datamodule.split(datamodule.hparams.test_split).origin or None,
+            "checkpoint": str(self.trainer.ckpt_path) if self.trainer.ckpt_path else None,
+            "protocol": protocol,
+            "metrics": metrics,
+            "first_caption": {"protocol": FIRST_CAPTION_PROTOCOL, "metrics": self._first_caption},
+        }
+        examples, embeddings = self._examples
+        save_json(examples, run_dir / "test_examples.json")  # for the report's figures
+        save_torch(embeddings, run_dir / "test_embeddings.pt")
+        save_json(result, run_dir / "test_metrics.json")

@@ -1,0 +1,102 @@
+"""The frozen text tower: normalized, order- and batch-independent embeddings; clear errors when weights are absent."""
+
+import pytest
+import torch
+
+from clip_lab.errors import ClipLabError
+from clip_lab.models.text import TextEncoder, load_pretrained, text_embed_dim, text_model_fingerprint
+
+CAPTIONS = [
+    "a red circle",
+    "a small blue square on the left",
+    "two shapes: a green cross and a black diamond",
+    "a circle",
+    "a large yellow triangle next to a small white square",
+]
+
+
+def test_encode_is_normalized_and_independent_of_batching(text_model):
+    enc = TextEncoder(text_model, max_length=32)
+    together = enc.encode(CAPTIONS, batch_size=64)
+    one_by_one = torch.cat([enc.encode([c]) for c in CAPTIONS])
+    assert together.shape == (5, enc.dim) == (5, text_embed_dim(text_model))
+    assert torch.allclose(together.norm(dim=1), torch.ones(5), atol=1e-5)
+    # sorting by length and padding must not change any caption's embedding
+    assert torch.allclose(together, one_by_one, atol=1e-5)
+    assert torch.allclose(enc.encode(CAPTIONS[::-1], batch_size=2), together.flip(0), atol=1e-5)
+    # distinct captions give distinct embeddings (pooled at the end-of-text token, not the first token)
+    sim = together @ together.T
+    assert (sim - torch.eye(5)).max() < 0.999
+
+
+def test_fast_tokenization_equals_the_hugging_face_call(text_model, tmp_path):
+    from clip_lab.jobs.bench import coco_like_captions, make_clip_text_model
+
+    long = " ".join(["a red circle and"] * 30)  # past every max_length: truncation must keep the end token
+    bpe = tmp_path / "bpe"
+    make_clip_text_model(bpe, coco_like_captions(500), small=True)
+    for model, max_length in ((text_model, 32), (text_model, 8), (str(bpe), 77), (str(bpe), 10)):
+        enc = TextEncoder(model, max_length=max_length)
+        texts = CAPTIONS + [long, "", "UPPER case, punctuation!"] + coco_like_captions(50, seed=1)
+        expected = enc.tokenizer(texts, truncation=True, max_length=enc.max_length)["input_ids"]
+        assert enc._backend is not None and enc.tokenize(texts) == expected
+        assert max(map(len, expected)) == enc.max_length
+    assert enc.encode([]).shape == (0, enc.dim)
+
+
+def test_encoder_is_frozen(text_model):
+    enc = TextEncoder(text_model).train()
+    assert not enc.model.training
+    assert not any(p.requires_grad for p in enc.parameters())
+
+
+def test_fingerprint_follows_the_weights(text_model, tmp_path):
+    fp = text_model_fingerprint(text_model)
+    assert fp == text_model_fingerprint(text_model) and fp.startswith("dir:")
+    assert text_model_fingerprint("no-such-org/no-such-model") == "hub:no-such-org/no-such-model@unknown"
+
+
+def test_unavailable_model_fails_fast_with_instructions(monkeypatch, tmp_path):
+    from transformers import AutoConfig
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(
+        ClipLabError, match="not in the local Hugging Face cache.*hf download openai/clip-vit-base-patch32"
+    ):
+        load_pretrained(AutoConfig, "openai/clip-vit-base-patch32")
+    (tmp_path / "broken").mkdir()
+    with pytest.raises(ClipLabError, match="not a complete Hugging Face model directory"):
+        TextEncoder(str(tmp_path / "broken"))
+
+
+def test_unknown_words_are_the_words_the_tokenizer_reads_as_unk_only(text_model):
+    enc = TextEncoder(text_model, max_length=32)  # the demo's word-level vocabulary: shapes, colours, a few others
+    texts = ["a red sport", "Sport, music: a CIRCLE.", "a photo of a {}."]
+    assert enc.unknown_words(texts) == ["sport", "Sport", "music"]  # as written; punctuation is not a word
+    unk = enc.tokenizer.unk_token_id
+    assert [enc.tokenizer(w, add_special_tokens=False)["input_ids"] for w in ("sport", "music")] == [[unk], [unk]]
+    assert enc.unknown_words(["a large red circle next to a blue square"]) == []
+
+
+def test_byte_level_bpe_knows_every_word():
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from clip_lab.models.text import tokenizer_unknown_words
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(
+        CAPTIONS,
+        trainers.BpeTrainer(
+            vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
+    texts = ["sport", "a zebra über 東京", *CAPTIONS]
+    # without an unknown token, and with one it never produces (OpenAI's CLIP names <|endoftext|> its unk_token)
+    for tokenizer in (
+        PreTrainedTokenizerFast(tokenizer_object=tok),
+        PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<|endoftext|>"),
+    ):
+        assert tokenizer_unknown_words(tokenizer, texts) == []
