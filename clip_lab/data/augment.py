@@ -66,8 +66,9 @@ def augment(
     grid = F.affine_grid(theta, [b, 3, size, size], align_corners=False).to(dtype)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     if jitter > 0:
-        x = color_jitter(x, uniform(1 - jitter, 1 + jitter), uniform(1 - jitter, 1 + jitter),
-                         uniform(1 - jitter, 1 + jitter))
+        x = color_jitter(
+            x, uniform(1 - jitter, 1 + jitter), uniform(1 - jitter, 1 + jitter), uniform(1 - jitter, 1 + jitter)
+        )
     return x
 
 

@@ -1,11 +1,12 @@
-"""The caption cache: every caption of a split embedded once by the frozen text encoder, with metadata checked on load."""
+"""The caption cache: each caption of a split embedded once by the frozen text encoder, metadata checked on load."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -66,13 +67,22 @@ def build_caption_cache(
         path,
     )
     dt = time.perf_counter() - t0
-    log.info("caption cache %s: %d captions in %.1f s (%.0f captions/s)", path, len(split.captions), dt,
-             len(split.captions) / max(dt, 1e-9))
+    log.info(
+        "caption cache %s: %d captions in %.1f s (%.0f captions/s)",
+        path,
+        len(split.captions),
+        dt,
+        len(split.captions) / max(dt, 1e-9),
+    )
 
 
 def ensure_caption_cache(
-    split: CaptionedSplit, cache_dir: str | Path, text_model: str, max_length: int,
-    encoder: Callable[[], TextEncoder], batch_size: int = 1024,
+    split: CaptionedSplit,
+    cache_dir: str | Path,
+    text_model: str,
+    max_length: int,
+    encoder: Callable[[], TextEncoder],
+    batch_size: int = 1024,
 ) -> Path:
     """The path of the split's valid caption cache, built first (with `encoder()`, called only then) if needed."""
     path = caption_cache_path(cache_dir, split, text_model, max_length)

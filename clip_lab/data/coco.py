@@ -46,7 +46,8 @@ def check_coco_files(data_root: str | Path, splits: list[str]) -> None:
     if missing:
         years = " and ".join(sorted({s[-4:] for s in splits}))
         raise ClipLabError(
-            f"COCO {years} files missing under data_root={data_root}: " + "; ".join(missing)
+            f"COCO {years} files missing under data_root={data_root}: "
+            + "; ".join(missing)
             + ". Unzip the official files (https://cocodataset.org/#download) into data_root, "
             "or run `python -m clip_lab demo` for a generated dataset that needs no download"
         )
@@ -62,11 +63,19 @@ def load_coco_split(data_root: str | Path, split: str) -> CaptionedSplit:
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
             coco = COCO(str(ann))
     except (ValueError, KeyError, TypeError) as e:
-        raise ClipLabError(f"{ann} is not a COCO captions file ({type(e).__name__}: {e}); "
-                           f"re-download it from {annotations_download(split)}") from e
+        raise ClipLabError(
+            f"{ann} is not a COCO captions file ({type(e).__name__}: {e}); "
+            f"re-download it from {annotations_download(split)}"
+        ) from e
     fix = f"re-download it from {annotations_download(split)}"
     info = coco.dataset.get("info")
     description = info.get("description", "") if isinstance(info, dict) else ""
-    return build_split(split, ann, image_dir, [(int(i), im["file_name"]) for i, im in coco.imgs.items()],
-                       [(a["id"], a["image_id"], a.get("caption")) for a in coco.anns.values()], fix=fix,
-                       description=str(description))
+    return build_split(
+        split,
+        ann,
+        image_dir,
+        [(int(i), im["file_name"]) for i, im in coco.imgs.items()],
+        [(a["id"], a["image_id"], a.get("caption")) for a in coco.anns.values()],
+        fix=fix,
+        description=str(description),
+    )

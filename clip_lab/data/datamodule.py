@@ -4,25 +4,26 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
 
-from clip_lab.data.caption_cache import caption_cache_path, caption_embeddings, ensure_caption_cache, expected_meta
+from clip_lab.data import image_cache
 from clip_lab.data.augment import augment, center_crop
+from clip_lab.data.caption_cache import caption_cache_path, caption_embeddings, ensure_caption_cache, expected_meta
 from clip_lab.data.datasets import DEMO_DESCRIPTION, check_dataset_files, data_title, load_split
 from clip_lab.data.kaggle import SEEDED
-from clip_lab.data.split import CaptionedSplit
 from clip_lab.data.loader import CachedBatchLoader
-from clip_lab.data import image_cache
-from clip_lab.data.sampling import Pairs, PairBatchSampler
+from clip_lab.data.protocols import Protocol, resolve_protocol
+from clip_lab.data.sampling import PairBatchSampler, Pairs
+from clip_lab.data.split import CaptionedSplit
 from clip_lab.errors import ClipLabError
 from clip_lab.eval.metrics import folded_retrieval_metrics
-from clip_lab.data.protocols import Protocol, resolve_protocol
 from clip_lab.models.text import DEFAULT_TEXT_MODEL, TextEncoder, text_embed_dim
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,9 @@ class RetrievalData(L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         if not 0 < image_size <= cache_image_size:
-            raise ClipLabError(f"image_size {image_size} must be positive and at most cache_image_size {cache_image_size}")
+            raise ClipLabError(
+                f"image_size {image_size} must be positive and at most cache_image_size {cache_image_size}"
+            )
         if not (0 < crop_scale <= 1 and 0 <= flip <= 1 and 0 <= jitter < 1):
             raise ClipLabError("augmentation out of range: need 0 < crop_scale <= 1, 0 <= flip <= 1, 0 <= jitter < 1")
         self.protocol: Protocol = resolve_protocol(protocol, dataset, test_split)
@@ -148,12 +151,15 @@ class RetrievalData(L.LightningDataModule):
         """Build the image and caption caches of each split that has none or a stale one (runs in one process)."""
         hp = self.hparams
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        encoder = functools.cache(lambda: TextEncoder(hp.text_model, hp.max_length).to(device))  # loaded once, if needed
+        encoder = functools.cache(
+            lambda: TextEncoder(hp.text_model, hp.max_length).to(device)
+        )  # loaded once, if needed
         self._usable.clear()  # the caches may be rebuilt below
         for name in self.split_names():
             split = self.split(name)
-            image_cache.ensure_image_cache(hp.cache_dir, split, hp.cache_image_size, device, hp.num_workers,
-                                           hp.max_bad_images)
+            image_cache.ensure_image_cache(
+                hp.cache_dir, split, hp.cache_image_size, device, hp.num_workers, hp.max_bad_images
+            )
             if hp.text_encoder is None:  # a trained text encoder tokenizes at setup instead: nothing to cache
                 ensure_caption_cache(split, hp.cache_dir, hp.text_model, hp.max_length, encoder, hp.text_batch_size)
 
@@ -178,8 +184,9 @@ class RetrievalData(L.LightningDataModule):
         if self.hparams.text_encoder is None:
             return self.caption_embeddings(name)
         if self.tokenizer is None:
-            raise RuntimeError("data.text_encoder is set but no tokenizer was given: the model's setup calls "
-                               "use_tokenizer")
+            raise RuntimeError(
+                "data.text_encoder is set but no tokenizer was given: the model's setup calls use_tokenizer"
+            )
         if name not in self.tokens:
             self.tokens[name] = self.tokenizer(self.split(name).captions)
         return self.tokens[name]
@@ -194,7 +201,7 @@ class RetrievalData(L.LightningDataModule):
         return self._usable[name]
 
     def eval_images(self, stage: str) -> np.ndarray:
-        """Indices (into `eval_split(stage)`) of the images evaluated at `stage`: a fixed seeded subset for validation."""
+        """Indices (into `eval_split(stage)`) of the images evaluated at `stage` (validation: a fixed seeded subset)."""
         usable = self.usable_images(self.eval_split(stage))
         k = self.hparams.val_images
         if stage == "test" or k <= 0 or k >= len(usable):
@@ -222,20 +229,23 @@ class RetrievalData(L.LightningDataModule):
         position[images] = np.arange(len(images))
         rows = self.caption_rows(self.eval_split(stage))[torch.from_numpy(captions)]
         if (embed is None) != (self.hparams.text_encoder is None):
-            raise RuntimeError("retrieval_targets: token rows need `embed` (the trained text encoder); cached "
-                               "embeddings take none")
+            raise RuntimeError(
+                "retrieval_targets: token rows need `embed` (the trained text encoder); cached embeddings take none"
+            )
         return rows if embed is None else embed(rows), torch.from_numpy(position[split.caption_image[captions]])
 
-    def retrieval_metrics(self, stage: str, image_emb: Tensor,
-                          targets: tuple[Tensor, Tensor] | None = None) -> dict[str, float]:
+    def retrieval_metrics(
+        self, stage: str, image_emb: Tensor, targets: tuple[Tensor, Tensor] | None = None
+    ) -> dict[str, float]:
         """Recall and ranks of `image_emb` (the images of `eval_images(stage)`, in that order) against their captions
         (`targets`: `retrieval_targets(stage, ...)`, computed here for cached embeddings when not given), under the
         test protocol for test (its folds) and over the one validation gallery for validation; with the gallery's
         `n_images` and `n_captions`."""
         caption_emb, caption_image = targets if targets is not None else self.retrieval_targets(stage)
         folds = self.protocol.folds if stage == "test" else 1  # validation ranks checkpoints: one gallery
-        metrics = folded_retrieval_metrics(image_emb, caption_emb.to(image_emb.device),
-                                           caption_image.to(image_emb.device), folds)
+        metrics = folded_retrieval_metrics(
+            image_emb, caption_emb.to(image_emb.device), caption_image.to(image_emb.device), folds
+        )
         return metrics | {"n_images": len(image_emb), "n_captions": len(caption_image)}
 
     def image_ref(self, split: CaptionedSplit, i: int) -> dict[str, Any]:
@@ -249,12 +259,20 @@ class RetrievalData(L.LightningDataModule):
         train = self.split(hp.train_split)
         val_split = self.eval_split("val")
         n_val = len(self.eval_images("val"))
-        return {"dataset": hp.dataset, "title": data_title(hp.dataset, train.description, hp.train_split),
-                "generated": train.description.startswith(DEMO_DESCRIPTION), "data_root": hp.data_root,
-                "train_split": hp.train_split,
-                "train_images": len(self._train_sampler(self.usable_images(hp.train_split)).images),
-                "val_split": val_split, "val_images": n_val, "val_subset": n_val < len(self.usable_images(val_split)),
-                "test_split": hp.test_split, "protocol": self.protocol.name, "split_origin": train.origin or None}
+        return {
+            "dataset": hp.dataset,
+            "title": data_title(hp.dataset, train.description, hp.train_split),
+            "generated": train.description.startswith(DEMO_DESCRIPTION),
+            "data_root": hp.data_root,
+            "train_split": hp.train_split,
+            "train_images": len(self._train_sampler(self.usable_images(hp.train_split)).images),
+            "val_split": val_split,
+            "val_images": n_val,
+            "val_subset": n_val < len(self.usable_images(val_split)),
+            "test_split": hp.test_split,
+            "protocol": self.protocol.name,
+            "split_origin": train.origin or None,
+        }
 
     def split_lists(self) -> dict[str, list[str]] | None:
         """Each split's image files when clip_lab drew the split itself (a seeded split): a run keeps them, so that its
@@ -283,8 +301,17 @@ class RetrievalData(L.LightningDataModule):
         # redrawn every epoch) is left out; InfoNCE would only see fewer negatives in it, and a batch of one pair
         # has none at all
         hp = self.hparams
-        return PairBatchSampler(self.split(hp.train_split).caption_start, hp.batch_size, hp.pairs, shuffle=True,
-                                drop_last=True, seed=hp.seed, images=images, rank=rank, world_size=world_size)
+        return PairBatchSampler(
+            self.split(hp.train_split).caption_start,
+            hp.batch_size,
+            hp.pairs,
+            shuffle=True,
+            drop_last=True,
+            seed=hp.seed,
+            images=images,
+            rank=rank,
+            world_size=world_size,
+        )
 
     def check_trainable(self, world_size: int = 1, readable_only: bool = False) -> None:
         """Stop with one line when the training split cannot fill one batch: fit would make no optimizer step.
@@ -300,9 +327,11 @@ class RetrievalData(L.LightningDataModule):
             per = f"{hp.batch_size} x {world_size} processes" if world_size > 1 else str(hp.batch_size)
             raise ClipLabError(
                 f"the training split {hp.train_split} has {len(sampler.images)} images with captions"
-                + (f" ({skipped} unreadable skipped)" if skipped else "") + f", fewer than one batch of {per} "
+                + (f" ({skipped} unreadable skipped)" if skipped else "")
+                + f", fewer than one batch of {per} "
                 "pairs: fit would make no optimizer step. Lower --data.batch_size (at most "
-                f"{max(1, len(sampler.images) // world_size)}) or train on a larger split (--data.train_split)")
+                f"{max(1, len(sampler.images) // world_size)}) or train on a larger split (--data.train_split)"
+            )
 
     def setup(self, stage: str) -> None:
         if stage == "fit":  # the image cache is built by now: count the readable images only
@@ -316,8 +345,14 @@ class RetrievalData(L.LightningDataModule):
     def _eval_loader(self, stage: str) -> CachedBatchLoader:
         hp = self.hparams
         split = self.split(self.eval_split(stage))
-        sampler = PairBatchSampler(split.caption_start, hp.eval_batch_size, "first", shuffle=False,
-                                   images=self.eval_images(stage), **self._world())
+        sampler = PairBatchSampler(
+            split.caption_start,
+            hp.eval_batch_size,
+            "first",
+            shuffle=False,
+            images=self.eval_images(stage),
+            **self._world(),
+        )
         return self._loader(self.eval_split(stage), sampler)
 
     def _world(self) -> dict[str, int]:

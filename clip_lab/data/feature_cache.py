@@ -1,4 +1,4 @@
-"""The feature cache: the frozen CLIP image tower's features of every image of a split, computed once from its image cache."""
+"""The feature cache: the frozen CLIP image tower's features of a split's images, computed once from its image cache."""
 
 from __future__ import annotations
 
@@ -49,14 +49,19 @@ def load_feature_cache(path: Path, meta: dict[str, Any]) -> dict[str, Any] | Non
     for key, dim in (("pooled", stored.get("feature_dim")), ("embeds", stored.get("embed_dim"))):
         t = cache.get(key)
         if not isinstance(t, torch.Tensor) or t.shape != (n, dim) or t.dtype != torch.float16:
-            log.warning("feature cache %s has a malformed %r (expected float16 [%d, %s]); rebuilding it", path, key,
-                        n, dim)
+            log.warning(
+                "feature cache %s has a malformed %r (expected float16 [%d, %s]); rebuilding it", path, key, n, dim
+            )
             return None
     return cache
 
 
 def build_feature_cache(
-    images: np.ndarray, tower: ClipImageTower, path: Path, meta: dict[str, Any], batch_size: int = 256,
+    images: np.ndarray,
+    tower: ClipImageTower,
+    path: Path,
+    meta: dict[str, Any],
+    batch_size: int = 256,
 ) -> dict[str, Any]:
     """Run `tower` over the NHWC uint8 `images` in batches and write the cache atomically; return what was written.
 
@@ -76,8 +81,10 @@ def build_feature_cache(
 
     t0 = time.perf_counter()
     starts = range(0, n, batch_size)
-    with ThreadPoolExecutor(1) as reader, tqdm(total=n, desc=f"features {meta['split']}", unit="img",
-                                               disable=None) as bar:
+    with (
+        ThreadPoolExecutor(1) as reader,
+        tqdm(total=n, desc=f"features {meta['split']}", unit="img", disable=None) as bar,
+    ):
         ahead = reader.submit(read, 0) if n else None
         for start in starts:
             batch = ahead.result()
@@ -89,8 +96,7 @@ def build_feature_cache(
             embeds[start : start + len(batch)] = e
             bar.update(len(batch))
     cache = {
-        "meta": meta | {"input_size": tower.input_size, "feature_dim": tower.feature_dim,
-                        "embed_dim": tower.embed_dim},
+        "meta": meta | {"input_size": tower.input_size, "feature_dim": tower.feature_dim, "embed_dim": tower.embed_dim},
         "pooled": pooled.cpu(),  # fp16: these feed a trained head, ~1e-3 relative precision is plenty
         "embeds": embeds.cpu(),
     }

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from clip_lab.data.split import CaptionedSplit, build_split
 from clip_lab.errors import ClipLabError
@@ -16,7 +16,10 @@ FLICKR8K_DOWNLOAD = {
 FLICKR8K_FIX = f"re-download the text files ({FLICKR8K_DOWNLOAD['text']})"
 TOKEN_FILE = "Flickr8k.token.txt"
 SPLIT_LISTS = {  # our split name -> its official list; "val" is the dev list
-    "train": "Flickr_8k.trainImages.txt", "val": "Flickr_8k.devImages.txt", "test": "Flickr_8k.testImages.txt"}
+    "train": "Flickr_8k.trainImages.txt",
+    "val": "Flickr_8k.devImages.txt",
+    "test": "Flickr_8k.testImages.txt",
+}
 FLICKR8K_SPLITS = tuple(SPLIT_LISTS)  # the official order: ids of captionless listed images follow it
 
 
@@ -82,16 +85,22 @@ def read_split_lists(lists: Mapping[str, str | Path]) -> tuple[dict[str, list[st
     return {split: [n for n, s in owner.items() if s == split] for split in FLICKR8K_SPLITS}, defects
 
 
-def load_flickr8k_split(token_file: str | Path, split_lists: Mapping[str, str | Path], image_dir: str | Path,
-                        split: str = "test", name: str | None = None) -> CaptionedSplit:
+def load_flickr8k_split(
+    token_file: str | Path,
+    split_lists: Mapping[str, str | Path],
+    image_dir: str | Path,
+    split: str = "test",
+    name: str | None = None,
+) -> CaptionedSplit:
     """Split "train", "val" (the dev list) or "test" of the official Flickr8k files as a `CaptionedSplit`.
 
     Image id = order of first appearance in the token file, the same whichever split is read; listed images absent
     from it follow, in train, dev, test list order, and stay in their split without captions (gallery distractors,
     counted in images_without_captions). Caption id = 0-based line number in the token file. Token-file images in
     no list are dropped (images_in_no_split: in the official file about 92 by a public repackaging's count, not
-    checked here, among them `2258277193_586949ec62.jpg.1`, which is not an image). The files' defects are counted whichever split is read,
-    empty captions and images without captions only among the split's own. `name` defaults to `flickr8k_<split>`.
+    checked here, among them `2258277193_586949ec62.jpg.1`, which is not an image). The files' defects are
+    counted whichever split is read, empty captions and images without captions only among the split's own. `name`
+    defaults to `flickr8k_<split>`.
     """
     if split not in FLICKR8K_SPLITS:
         raise ClipLabError(f"unknown Flickr8k split {split!r}: use one of {', '.join(FLICKR8K_SPLITS)}")
@@ -106,7 +115,12 @@ def load_flickr8k_split(token_file: str | Path, split_lists: Mapping[str, str | 
     if not names:
         raise ClipLabError(f"{split_lists[split]} lists no image; {FLICKR8K_FIX}")
     defects["images_without_captions"] = len(names - {image for _, image, _ in records})
-    return build_split(name or f"flickr8k_{split}", Path(token_file), Path(image_dir),
-                       [(ids[n], n) for n in members[split]],
-                       [(number, ids[image], text) for number, image, text in records if image in names],
-                       dict(defects), fix=FLICKR8K_FIX)
+    return build_split(
+        name or f"flickr8k_{split}",
+        Path(token_file),
+        Path(image_dir),
+        [(ids[n], n) for n in members[split]],
+        [(number, ids[image], text) for number, image, text in records if image in names],
+        dict(defects),
+        fix=FLICKR8K_FIX,
+    )

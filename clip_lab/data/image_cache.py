@@ -50,8 +50,11 @@ def image_cache_paths(cache_dir: str | Path, split: CaptionedSplit, size: int) -
 def image_ref(cache_dir: str | Path, split: CaptionedSplit, size: int, i: int) -> dict[str, Any]:
     """Where a result finds image `i` of `split` again for a picture: its file, through the split's own records, and
     its row of the image cache (what the model saw) for when the file is gone or never existed on disk."""
-    return {"file": str(split.image_path(i)), "image_cache": str(image_cache_paths(cache_dir, split, size)[0]),
-            "cache_row": int(i)}
+    return {
+        "file": str(split.image_path(i)),
+        "image_cache": str(image_cache_paths(cache_dir, split, size)[0]),
+        "cache_row": int(i),
+    }
 
 
 def expected_meta(split: CaptionedSplit, size: int) -> dict[str, Any]:
@@ -89,8 +92,12 @@ def open_image_cache(cache_dir: str | Path, split: CaptionedSplit, size: int) ->
         log.warning("image cache %s is unreadable (%s); rebuilding it", data, e)
         return None
     if images.shape != (meta["n_images"], size, size, 3) or images.dtype != np.uint8:
-        log.warning("image cache %s has shape %s, expected %s; rebuilding it", data, images.shape,
-                    (meta["n_images"], size, size, 3))
+        log.warning(
+            "image cache %s has shape %s, expected %s; rebuilding it",
+            data,
+            images.shape,
+            (meta["n_images"], size, size, 3),
+        )
         return None
     return images
 
@@ -111,9 +118,15 @@ def exif_orientation(data: bytes) -> int:
 def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
     """A decoded `[C, H, W]` image turned upright as its EXIF orientation says (as PIL's `ImageOps.exif_transpose`):
     nvJPEG decodes the stored pixels as they are."""
-    turn = {2: lambda x: x.flip(-1), 3: lambda x: x.flip(-2, -1), 4: lambda x: x.flip(-2),
-            5: lambda x: x.transpose(-2, -1), 6: lambda x: torch.rot90(x, -1, (-2, -1)),
-            7: lambda x: x.transpose(-2, -1).flip(-2, -1), 8: lambda x: torch.rot90(x, 1, (-2, -1))}
+    turn = {
+        2: lambda x: x.flip(-1),
+        3: lambda x: x.flip(-2, -1),
+        4: lambda x: x.flip(-2),
+        5: lambda x: x.transpose(-2, -1),
+        6: lambda x: torch.rot90(x, -1, (-2, -1)),
+        7: lambda x: x.transpose(-2, -1).flip(-2, -1),
+        8: lambda x: torch.rot90(x, 1, (-2, -1)),
+    }
     return turn[orientation](image) if orientation in turn else image
 
 
@@ -132,12 +145,18 @@ def decode_pil(path: str | Path, size: int) -> np.ndarray:
             img = img.crop(box).resize((size, size), Image.Resampling.BILINEAR)
             return np.asarray(img)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise ClipLabError(f"cannot decode image {path} ({type(e).__name__}: {e}); replace it with the "
-                           "official file or remove its entry from the captions json") from e
+        raise ClipLabError(
+            f"cannot decode image {path} ({type(e).__name__}: {e}); replace it with the "
+            "official file or remove its entry from the captions json"
+        ) from e
 
 
 def build_image_cache(
-    cache_dir: str | Path, split: CaptionedSplit, size: int, device: str | torch.device = "cpu", workers: int = 8,
+    cache_dir: str | Path,
+    split: CaptionedSplit,
+    size: int,
+    device: str | torch.device = "cpu",
+    workers: int = 8,
     max_bad: float = 0.01,
 ) -> np.ndarray:
     """Decode every image of `split` into the cache (atomically) and return it memory-mapped read-only.
@@ -166,8 +185,15 @@ def build_image_cache(
     log.info("image cache %s: %d images in %.1f s (%.0f images/s)", data, len(files), dt, len(files) / max(dt, 1e-9))
     if bad:
         first = meta["bad_images"][0]
-        log.warning("image cache %s: %d of %d images unreadable or absent, skipped (listed in %s; first: %s: %s)",
-                    data, len(bad), len(files), meta_file, first["file"], first["reason"])
+        log.warning(
+            "image cache %s: %d of %d images unreadable or absent, skipped (listed in %s; first: %s: %s)",
+            data,
+            len(bad),
+            len(files),
+            meta_file,
+            first["file"],
+            first["reason"],
+        )
     return np.load(data, mmap_mode="r")
 
 
@@ -179,7 +205,8 @@ def check_bad_images(meta: dict[str, Any], max_bad: float, where: str | Path) ->
         raise ClipLabError(
             f"{len(bad)} of {meta['n_images']} images of {meta['split']} are unreadable or absent (more than "
             f"max_bad_images={max_bad:g} of the split), e.g. {examples}. Fix: re-download or re-extract the split, "
-            f"or raise data.max_bad_images to train without them ({where})")
+            f"or raise data.max_bad_images to train without them ({where})"
+        )
 
 
 def bad_image_indices(cache_dir: str | Path, split: CaptionedSplit, size: int) -> np.ndarray:
@@ -190,7 +217,11 @@ def bad_image_indices(cache_dir: str | Path, split: CaptionedSplit, size: int) -
 
 
 def ensure_image_cache(
-    cache_dir: str | Path, split: CaptionedSplit, size: int, device: str | torch.device = "cpu", workers: int = 8,
+    cache_dir: str | Path,
+    split: CaptionedSplit,
+    size: int,
+    device: str | torch.device = "cpu",
+    workers: int = 8,
     max_bad: float = 0.01,
 ) -> np.ndarray:
     """The split's valid cache, memory-mapped; built first if it is missing or stale. Either way, more than
@@ -249,8 +280,9 @@ def _fill_cpu(path: Path, files: list[str], size: int, bar: Any, workers: int) -
 
 # -- GPU: threads read the files ahead, nvJPEG decodes a chunk at a time, resizing is batched by crop size, and a
 #    writer thread puts each finished chunk into the file while the GPU decodes the next --------------------------
-def _fill_gpu(path: Path, files: list[str], size: int, device: torch.device, bar: Any,
-              readers: int) -> list[tuple[int, str]]:
+def _fill_gpu(
+    path: Path, files: list[str], size: int, device: torch.device, bar: Any, readers: int
+) -> list[tuple[int, str]]:
     from torchvision.io import ImageReadMode, decode_jpeg
 
     offset = np.load(path, mmap_mode="r").offset  # pixels start after the .npy header
@@ -264,14 +296,18 @@ def _fill_gpu(path: Path, files: list[str], size: int, device: torch.device, bar
     def read(chunk: list[str]) -> tuple[list[torch.Tensor], list[int]]:
         # an absent or empty file gives an empty buffer, which no decoder accepts: PIL then names the problem
         data = [Path(f).read_bytes() if Path(f).is_file() else b"" for f in chunk]
-        raw = [torch.frombuffer(bytearray(d), dtype=torch.uint8) if d else torch.zeros(0, dtype=torch.uint8)
-               for d in data]
+        raw = [
+            torch.frombuffer(bytearray(d), dtype=torch.uint8) if d else torch.zeros(0, dtype=torch.uint8) for d in data
+        ]
         return raw, [exif_orientation(d) for d in data]  # nvJPEG ignores EXIF: turned upright after decoding
 
     def decode(chunk: list[str], raw: list[torch.Tensor]) -> list[torch.Tensor | None]:
         try:
             return decode_jpeg(raw, mode=ImageReadMode.RGB, device=device)
-        except (RuntimeError, ValueError):  # one image nvJPEG cannot take (CMYK, PNG named .jpg...) fails the whole batch
+        except (
+            RuntimeError,
+            ValueError,
+        ):  # one image nvJPEG cannot take (CMYK, PNG named .jpg...) fails the whole batch
             decoded: list[torch.Tensor | None] = []
             for r in raw:
                 try:
@@ -290,8 +326,7 @@ def _fill_gpu(path: Path, files: list[str], size: int, device: torch.device, bar
                 raw, orientations = pending.pop(0).result()
                 if i + 2 < len(chunks):
                     pending.append(pool.submit(read, chunks[i + 2]))
-                decoded = [None if img is None else orient(img, o)
-                           for img, o in zip(decode(chunk, raw), orientations)]
+                decoded = [None if img is None else orient(img, o) for img, o in zip(decode(chunk, raw), orientations)]
                 squares = torch.empty((len(chunk), size, size, 3), dtype=torch.uint8, device=device)
                 by_side: dict[int, list[int]] = {}
                 for k, img in enumerate(decoded):
@@ -306,8 +341,9 @@ def _fill_gpu(path: Path, files: list[str], size: int, device: torch.device, bar
                         by_side.setdefault(min(img.shape[-2:]), []).append(k)
                 for side, ks in by_side.items():  # COCO: nearly all 640x480 / 480x640 -> one group of 480x480
                     crops = torch.stack([_central_square(decoded[k], side) for k in ks]).float()
-                    resized = F.interpolate(crops, size=(size, size), mode="bilinear", antialias=True,
-                                            align_corners=False)
+                    resized = F.interpolate(
+                        crops, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+                    )
                     squares[ks] = resized.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
                 slot = i % 2
                 if writes[slot] is not None:

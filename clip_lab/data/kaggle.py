@@ -20,8 +20,10 @@ from clip_lab.data.split import CaptionedSplit, build_split
 from clip_lab.errors import ClipLabError
 
 SPLITS = ("train", "val", "test")
-KAGGLE = {"flickr8k": "https://www.kaggle.com/datasets/adityajn105/flickr8k",
-          "flickr30k": "https://www.kaggle.com/datasets/hsankesara/flickr-image-dataset"}
+KAGGLE = {
+    "flickr8k": "https://www.kaggle.com/datasets/adityajn105/flickr8k",
+    "flickr30k": "https://www.kaggle.com/datasets/hsankesara/flickr-image-dataset",
+}
 HELD_OUT = {"flickr8k": 1000, "flickr30k": 1000}  # val and test images each in the full set, as Karpathy's splits
 FULL_SIZE = {"flickr8k": 8091, "flickr30k": 31783}
 Records = list[tuple[int, str, str]]  # (row number, image file name, caption)
@@ -32,8 +34,9 @@ def _text(path: Path, dataset: str) -> str:
     try:
         return path.read_bytes().decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
-        raise ClipLabError(f"{path} is not a readable UTF-8 text file ({type(e).__name__}: {e}); re-download it "
-                           f"({KAGGLE[dataset]})") from e
+        raise ClipLabError(
+            f"{path} is not a readable UTF-8 text file ({type(e).__name__}: {e}); re-download it ({KAGGLE[dataset]})"
+        ) from e
 
 
 def read_flickr8k_captions(path: str | Path) -> tuple[Records, Counter]:
@@ -44,8 +47,10 @@ def read_flickr8k_captions(path: str | Path) -> tuple[Records, Counter]:
     rows = csv.reader(io.StringIO(_text(path, "flickr8k"), newline=""))
     header = [h.strip().lower() for h in next(rows, [])]
     if header != ["image", "caption"]:
-        raise ClipLabError(f"{path}: the header is {','.join(header) or 'missing'}, not image,caption, so this is not "
-                           f"Kaggle's Flickr8k captions.txt; re-download it ({KAGGLE['flickr8k']})")
+        raise ClipLabError(
+            f"{path}: the header is {','.join(header) or 'missing'}, not image,caption, so this is not "
+            f"Kaggle's Flickr8k captions.txt; re-download it ({KAGGLE['flickr8k']})"
+        )
     records, defects = [], Counter()
     for number, row in enumerate(rows, start=1):
         if not any(cell.strip() for cell in row):
@@ -68,9 +73,11 @@ def read_flickr30k_results(path: str | Path) -> tuple[Records, Counter]:
     lines = _text(path, "flickr30k").splitlines()
     header = [h.strip() for h in (lines[0] if lines else "").split("|")]
     if header != ["image_name", "comment_number", "comment"]:
-        raise ClipLabError(f"{path}: the header is {'|'.join(header) or 'missing'}, not image_name| comment_number| "
-                           f"comment, so this is not Kaggle's Flickr30k results.csv; re-download it "
-                           f"({KAGGLE['flickr30k']})")
+        raise ClipLabError(
+            f"{path}: the header is {'|'.join(header) or 'missing'}, not image_name| comment_number| "
+            f"comment, so this is not Kaggle's Flickr30k results.csv; re-download it "
+            f"({KAGGLE['flickr30k']})"
+        )
     records, defects = [], Counter()
     for number, line in enumerate(lines[1:], start=1):
         fields = line.split("|", 2)
@@ -115,19 +122,30 @@ def choose_splits(dataset: str, root: Path, images: list[str], seed: int) -> Spl
         members = {s: [name for split, _, name, _ in entries if split == s] for s in SPLITS}
         return SplitChoice(members, f"Karpathy's split {karpathy_file}", False, defects)
     order = sorted(images)
-    held = max(1, round(HELD_OUT[dataset] * len(order) / FULL_SIZE[dataset])) if len(order) < FULL_SIZE[dataset] \
+    held = (
+        max(1, round(HELD_OUT[dataset] * len(order) / FULL_SIZE[dataset]))
+        if len(order) < FULL_SIZE[dataset]
         else HELD_OUT[dataset]
+    )
     if len(order) < 3 or 2 * held >= len(order):
-        raise ClipLabError(f"{len(order)} images are too few for a train / val / test split; add split lists "
-                           "(Karpathy's dataset json) beside the captions file")
+        raise ClipLabError(
+            f"{len(order)} images are too few for a train / val / test split; add split lists "
+            "(Karpathy's dataset json) beside the captions file"
+        )
     shuffled = [order[i] for i in np.random.default_rng(seed).permutation(len(order))]
-    members = {"val": shuffled[:held], "test": shuffled[held:2 * held], "train": shuffled[2 * held:]}
-    return SplitChoice(members, f"{SEEDED} (data.split_seed {seed}) of the {len(order):,} images: "
-                       f"{len(members['train']):,} / {held:,} / {held:,}", True, Counter())
+    members = {"val": shuffled[:held], "test": shuffled[held : 2 * held], "train": shuffled[2 * held :]}
+    return SplitChoice(
+        members,
+        f"{SEEDED} (data.split_seed {seed}) of the {len(order):,} images: "
+        f"{len(members['train']):,} / {held:,} / {held:,}",
+        True,
+        Counter(),
+    )
 
 
-def load_kaggle_split(dataset: str, captions_file: Path, image_dir: Path, root: Path, split: str, name: str,
-                      seed: int = 0) -> CaptionedSplit:
+def load_kaggle_split(
+    dataset: str, captions_file: Path, image_dir: Path, root: Path, split: str, name: str, seed: int = 0
+) -> CaptionedSplit:
     """Split "train", "val" or "test" of a Kaggle Flickr download. Image id = order of first appearance in the captions
     file; caption id = its row; `origin` = where the split's images were chosen. Captioned images in no chosen split
     are dropped (images_in_no_split); listed images without captions stay as gallery distractors
@@ -152,6 +170,13 @@ def load_kaggle_split(dataset: str, captions_file: Path, image_dir: Path, root: 
     wanted = set(members)
     defects["images_without_captions"] = len(wanted - {image for _, image, _ in records})
     fix = f"re-download it ({KAGGLE[dataset]})"
-    return build_split(name, captions_file, image_dir, [(ids[n], n) for n in members],
-                       [(number, ids[image], text) for number, image, text in records if image in wanted],
-                       dict(defects), fix=fix, origin=choice.source)
+    return build_split(
+        name,
+        captions_file,
+        image_dir,
+        [(ids[n], n) for n in members],
+        [(number, ids[image], text) for number, image, text in records if image in wanted],
+        dict(defects),
+        fix=fix,
+        origin=choice.source,
+    )

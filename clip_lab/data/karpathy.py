@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from clip_lab.data.split import CaptionedSplit, build_split
 from clip_lab.errors import ClipLabError
@@ -27,8 +27,10 @@ def split_selector(split: str, valid: Sequence[str], what: str) -> tuple[str, ..
     """
     parts = tuple(split.split("+"))
     if any(p not in valid for p in parts) or len(set(parts)) < len(parts):
-        raise ClipLabError(f"unknown split {split!r} for {what}: use one of {', '.join(valid)}, or several joined "
-                           f"with '+' (e.g. '{valid[0]}+{valid[1]}')")
+        raise ClipLabError(
+            f"unknown split {split!r} for {what}: use one of {', '.join(valid)}, or several joined "
+            f"with '+' (e.g. '{valid[0]}+{valid[1]}')"
+        )
     return parts
 
 
@@ -39,10 +41,12 @@ def read_karpathy_json(path: str | Path, dataset: str) -> list:
     except (OSError, ValueError) as e:  # JSON and UTF-8 decoding errors are ValueErrors
         raise ClipLabError(f"{path} is not a readable JSON file ({type(e).__name__}: {e}); {KARPATHY_FIX}") from e
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise ClipLabError(f"{path} has no \"images\" list, so it is not one of Karpathy's split files; {KARPATHY_FIX}")
+        raise ClipLabError(f'{path} has no "images" list, so it is not one of Karpathy\'s split files; {KARPATHY_FIX}')
     if data.get("dataset") != dataset:
-        raise ClipLabError(f"{path} holds Karpathy's split of {data.get('dataset')!r}, not of {dataset!r}: point "
-                           f"data_root at the folder holding dataset_{dataset}.json ({KARPATHY_FIX})")
+        raise ClipLabError(
+            f"{path} holds Karpathy's split of {data.get('dataset')!r}, not of {dataset!r}: point "
+            f"data_root at the folder holding dataset_{dataset}.json ({KARPATHY_FIX})"
+        )
     return data["images"]
 
 
@@ -50,11 +54,17 @@ def _image(entry: object, k: int, path: Path, dataset: str) -> tuple[int, str, l
     """(imgid, file name relative to the image folder, [(sentid, raw)]) of entry k of the "images" list."""
     keys = ("filepath", "filename") if dataset == "coco" else ("filename",)
     sentences = entry.get("sentences", []) if isinstance(entry, dict) else None
-    if (not isinstance(entry, dict) or not isinstance(entry.get("imgid"), int)
-            or not all(isinstance(entry.get(key), str) for key in keys) or not isinstance(sentences, list)
-            or not all(isinstance(s, dict) and isinstance(s.get("sentid"), int) for s in sentences)):
-        raise ClipLabError(f"{path}: images[{k}] lacks an integer imgid, a string {' and '.join(keys)} or sentences "
-                           f"with integer sentids, so this is not one of Karpathy's split files; {KARPATHY_FIX}")
+    if (
+        not isinstance(entry, dict)
+        or not isinstance(entry.get("imgid"), int)
+        or not all(isinstance(entry.get(key), str) for key in keys)
+        or not isinstance(sentences, list)
+        or not all(isinstance(s, dict) and isinstance(s.get("sentid"), int) for s in sentences)
+    ):
+        raise ClipLabError(
+            f"{path}: images[{k}] lacks an integer imgid, a string {' and '.join(keys)} or sentences "
+            f"with integer sentids, so this is not one of Karpathy's split files; {KARPATHY_FIX}"
+        )
     # a missing or non-string raw is passed on as is: build_split counts it with the empty captions
     return entry["imgid"], "/".join(entry[key] for key in keys), [(s["sentid"], s.get("raw")) for s in sentences]
 
@@ -89,8 +99,13 @@ def read_karpathy_images(path: str | Path, dataset: str) -> tuple[list[tuple[str
     return images, defects
 
 
-def load_karpathy_split(annotation_file: str | Path, image_dir: str | Path, dataset: str = "coco",
-                        split: str = "test", name: str | None = None) -> CaptionedSplit:
+def load_karpathy_split(
+    annotation_file: str | Path,
+    image_dir: str | Path,
+    dataset: str = "coco",
+    split: str = "test",
+    name: str | None = None,
+) -> CaptionedSplit:
     """One split selector ("test", "train+restval") of a Karpathy split file of `dataset` as a `CaptionedSplit`.
 
     Image id = imgid (the entry's position in the file, so ascending ids keep the file order that the COCO 1k folds
@@ -102,10 +117,16 @@ def load_karpathy_split(annotation_file: str | Path, image_dir: str | Path, data
     chosen = [im for im in images if im[0] in parts]
     if not chosen:
         found = Counter(im[0] for im in images)
-        raise ClipLabError(f"{annotation_file} has no image in split {split!r} (it has {dict(found) or 'none'}); "
-                           f"{KARPATHY_FIX}")
+        raise ClipLabError(
+            f"{annotation_file} has no image in split {split!r} (it has {dict(found) or 'none'}); {KARPATHY_FIX}"
+        )
     defects["images_without_captions"] = sum(1 for im in chosen if not im[3])
-    return build_split(name or f"karpathy_{dataset}_{split}", Path(annotation_file), Path(image_dir),
-                       [(image_id, file_name) for _, image_id, file_name, _ in chosen],
-                       [(sentid, image_id, raw) for _, image_id, _, sentences in chosen for sentid, raw in sentences],
-                       dict(defects), fix=KARPATHY_FIX)
+    return build_split(
+        name or f"karpathy_{dataset}_{split}",
+        Path(annotation_file),
+        Path(image_dir),
+        [(image_id, file_name) for _, image_id, file_name, _ in chosen],
+        [(sentid, image_id, raw) for _, image_id, _, sentences in chosen for sentid, raw in sentences],
+        dict(defects),
+        fix=KARPATHY_FIX,
+    )

@@ -9,9 +9,9 @@ computes. Host memory stays bounded: `prefetch` pinned slots, whatever the datas
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -59,17 +59,20 @@ class CachedBatchLoader:
             pin = self.device.type == "cuda"
             shape = (size, *self.images.shape[1:])
             with torch.inference_mode(False):  # evaluation runs in inference mode; the slots outlive it
-                slot = (torch.empty(shape, dtype=torch.uint8, pin_memory=pin),
-                        torch.empty(size, self.embeddings.shape[1], dtype=self.embeddings.dtype, pin_memory=pin),
-                        torch.empty(size, dtype=torch.int64, pin_memory=pin))
+                slot = (
+                    torch.empty(shape, dtype=torch.uint8, pin_memory=pin),
+                    torch.empty(size, self.embeddings.shape[1], dtype=self.embeddings.dtype, pin_memory=pin),
+                    torch.empty(size, dtype=torch.int64, pin_memory=pin),
+                )
             if len(self._slots) <= k:
                 self._slots.append(slot)
             else:
                 self._slots[k] = slot
         return self._slots[k]
 
-    def _load(self, pairs: list[tuple[int, int]], slot: tuple[Tensor, Tensor, Tensor],
-              stream: torch.cuda.Stream | None) -> Batch:
+    def _load(
+        self, pairs: list[tuple[int, int]], slot: tuple[Tensor, Tensor, Tensor], stream: torch.cuda.Stream | None
+    ) -> Batch:
         p = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
         p = p[np.argsort(p[:, 0], kind="stable")]  # read the file front to back
         n = len(p)

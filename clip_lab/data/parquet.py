@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from clip_lab.errors import ClipLabError
 from clip_lab.files import save_json
@@ -21,8 +22,16 @@ from clip_lab.files import save_json
 log = logging.getLogger(__name__)
 
 IMAGE_FOLDER = {"flickr8k": "Flicker8k_Dataset", "flickr30k": "flickr30k-images"}  # coco: train2014/ and val2014/
-SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val",
-               "test": "test", "restval": "restval"}
+SPLIT_NAMES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "dev": "val",
+    "test": "test",
+    "restval": "restval",
+}
 CAPTION_COLUMNS = ("caption", "captions", "sentences", "raw", "text", "sentences_raw")
 NAME_COLUMNS = ("filename", "file_name", "image_name", "image_path", "img_path")
 SPLIT_IN_NAME = re.compile(r"(?:^|[-_./])(train|training|val|valid|validation|dev|test|restval)(?:[-_.]|$)")
@@ -41,8 +50,10 @@ def parquet_files(source: Path) -> list[Path]:
     """The `.parquet` shards under `source` (a file or a folder, searched recursively), sorted."""
     files = [source] if source.is_file() else sorted(source.rglob("*.parquet"))
     if not files:
-        raise ClipLabError(f"no .parquet files under {source}: pass the folder the Hugging Face dataset was downloaded "
-                           "to (e.g. `hf download nlphuji/flickr30k --repo-type dataset --local-dir DIR`)")
+        raise ClipLabError(
+            f"no .parquet files under {source}: pass the folder the Hugging Face dataset was downloaded "
+            "to (e.g. `hf download nlphuji/flickr30k --repo-type dataset --local-dir DIR`)"
+        )
     return files
 
 
@@ -51,15 +62,23 @@ def _columns(schema: Any, path: Path) -> tuple[str, list[str], str | None, str |
     import pyarrow as pa
 
     names = schema.names
-    image = next((n for n in names if pa.types.is_struct(schema.field(n).type)
-                  and "bytes" in [f.name for f in schema.field(n).type]), None)
+    image = next(
+        (
+            n
+            for n in names
+            if pa.types.is_struct(schema.field(n).type) and "bytes" in [f.name for f in schema.field(n).type]
+        ),
+        None,
+    )
     image = image or next((n for n in names if pa.types.is_binary(schema.field(n).type) and "image" in n.lower()), None)
     listed = [n for n in CAPTION_COLUMNS if n in names and pa.types.is_list(schema.field(n).type)]
     numbered = sorted((n for n in names if re.fullmatch(r"captions?_\d+", n)), key=lambda n: int(n.rsplit("_", 1)[1]))
     captions = listed[:1] or numbered or [n for n in CAPTION_COLUMNS if n in names][:1]
     if image is None or not captions:
-        raise ClipLabError(f"{path}: no image column (a struct with bytes) and caption column(s) (a list of strings or "
-                           f"caption_0..N) among its columns {', '.join(names)}")
+        raise ClipLabError(
+            f"{path}: no image column (a struct with bytes) and caption column(s) (a list of strings or "
+            f"caption_0..N) among its columns {', '.join(names)}"
+        )
     split = "split" if "split" in names else None
     name = next((n for n in NAME_COLUMNS if n in names), None)
     return image, captions, split, name
@@ -98,8 +117,10 @@ def convert_parquet(source: str | Path, dataset: str, out: str | Path) -> Path:
     source, out = Path(source), Path(out)
     files = parquet_files(source)
     ann = out / f"dataset_{dataset}.json"
-    stamp = {"version": PREPARED, "files": [[str(f.relative_to(source) if source.is_dir() else f.name),
-                                             f.stat().st_size] for f in files]}
+    stamp = {
+        "version": PREPARED,
+        "files": [[str(f.relative_to(source) if source.is_dir() else f.name), f.stat().st_size] for f in files],
+    }
     if ann.is_file():
         import json
 
@@ -122,8 +143,10 @@ def convert_parquet(source: str | Path, dataset: str, out: str | Path) -> Path:
             defects["rows_without_image_or_captions"] += 1
             continue
         if split is None:
-            raise ClipLabError(f"{path}: no split column and no split in the file name (train, validation, test): "
-                               "name the shards by split, or add a split column")
+            raise ClipLabError(
+                f"{path}: no split column and no split in the file name (train, validation, test): "
+                "name the shards by split, or add a split column"
+            )
         name = (row.get(name_col) if name_col else None) or (cell.get("path") if isinstance(cell, dict) else None)
         name = Path(str(name)).name if name else f"{k:08d}{_suffix(data)}"
         if name in images:
@@ -134,20 +157,32 @@ def convert_parquet(source: str | Path, dataset: str, out: str | Path) -> Path:
         target = out / folder / name
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)  # the dataset's own bytes: no re-encoding
-        images[name] = {"filename": name, "split": split, "sentences": texts, **(
-            {"filepath": folder} if dataset == "coco" else {})}
+        images[name] = {
+            "filename": name,
+            "split": split,
+            "sentences": texts,
+            **({"filepath": folder} if dataset == "coco" else {}),
+        }
     if not images:
         raise ClipLabError(f"{source}: no row with image bytes and captions")
     entries, sentid = [], 0
     for imgid, entry in enumerate(images.values()):
-        sentences = [{"raw": t, "tokens": t.split(), "imgid": imgid, "sentid": sentid + j}
-                     for j, t in enumerate(entry["sentences"])]
+        sentences = [
+            {"raw": t, "tokens": t.split(), "imgid": imgid, "sentid": sentid + j}
+            for j, t in enumerate(entry["sentences"])
+        ]
         sentid += len(sentences)
         entries.append({**entry, "imgid": imgid, "sentids": [s["sentid"] for s in sentences], "sentences": sentences})
-    save_json({"dataset": dataset, "images": entries, "clip_lab_prepared_from": stamp,
-               "clip_lab_defects": dict(defects)}, ann)
+    save_json(
+        {"dataset": dataset, "images": entries, "clip_lab_prepared_from": stamp, "clip_lab_defects": dict(defects)}, ann
+    )
     counts = Counter(e["split"] for e in entries)
-    log.info("prepare: %d images (%s) from %d shards -> %s%s", len(entries),
-             ", ".join(f"{s} {n}" for s, n in sorted(counts.items())), len(files), out,
-             "; " + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in defects.items()) if defects else "")
+    log.info(
+        "prepare: %d images (%s) from %d shards -> %s%s",
+        len(entries),
+        ", ".join(f"{s} {n}" for s, n in sorted(counts.items())),
+        len(files),
+        out,
+        "; " + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in defects.items()) if defects else "",
+    )
     return ann

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Literal
+from collections.abc import Iterator
+from typing import Literal
 
 import numpy as np
 
@@ -21,8 +22,9 @@ class PairBatchSampler:
 
     `caption_start` are CSR offsets (`[n_images + 1]`, captions of image i are `start[i]:start[i+1]`); `images` limits
     the sampler to a subset. Over `world_size` processes every rank draws the same epoch and takes its `batch_size`
-    slice of each global batch, so no image appears twice in a global batch and each appears once per epoch. Lightning calls `set_epoch`, which reseeds the shuffle, so a resumed run sees the same
-    batches as an uninterrupted one.
+    slice of each global batch, so no image appears twice in a global batch and each appears once per epoch.
+    Lightning calls `set_epoch`, which reseeds the shuffle, so a resumed run sees the same batches as an uninterrupted
+    one.
     """
 
     def __init__(
@@ -47,7 +49,13 @@ class PairBatchSampler:
             self.images = self.images[self.count[self.images] > 0]
         else:  # evaluation: each rank embeds every world_size-th image; the module gathers them
             self.images = self.images[rank::world_size]
-        self.batch_size, self.pairs, self.shuffle, self.drop_last, self.seed = batch_size, pairs, shuffle, drop_last, seed
+        self.batch_size, self.pairs, self.shuffle, self.drop_last, self.seed = (
+            batch_size,
+            pairs,
+            shuffle,
+            drop_last,
+            seed,
+        )
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -97,8 +97,10 @@ def build_split(
         defects["empty_captions"] = defects.get("empty_captions", 0) + len(captions) - len(kept)
     orphans = [(cid, img) for cid, img, _ in kept if img not in position]
     if orphans:
-        raise ClipLabError(f"{annotation_file}: {len(orphans)} captions name images that are not in {name} (e.g. "
-                           f"caption {orphans[0][0]} -> image {orphans[0][1]}); {fix}")
+        raise ClipLabError(
+            f"{annotation_file}: {len(orphans)} captions name images that are not in {name} (e.g. "
+            f"caption {orphans[0][0]} -> image {orphans[0][1]}); {fix}"
+        )
     kept.sort(key=lambda c: (position[c[1]], c[0]))
     caption_ids = np.array([cid for cid, _, _ in kept], dtype=np.int64)
     if len(np.unique(caption_ids)) != len(caption_ids):
@@ -117,6 +119,10 @@ def build_split(
         origin=origin,
     )
     if split.defects:
-        log.warning("%s (%s): %s", annotation_file, name,
-                    ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in split.defects.items()))
+        log.warning(
+            "%s (%s): %s",
+            annotation_file,
+            name,
+            ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in split.defects.items()),
+        )
     return split

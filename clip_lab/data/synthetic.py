@@ -12,8 +12,9 @@ import json
 import multiprocessing
 import random
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw
 
@@ -23,16 +24,24 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
 COLORS = {
-    "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 230), "yellow": (240, 215, 40),
-    "purple": (140, 60, 190), "orange": (250, 140, 30), "white": (250, 250, 250), "black": (15, 15, 15),
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 230),
+    "yellow": (240, 215, 40),
+    "purple": (140, 60, 190),
+    "orange": (250, 140, 30),
+    "white": (250, 250, 250),
+    "black": (15, 15, 15),
 }
 SHAPES = ("circle", "square", "triangle", "diamond", "cross")
 SIZES = {"small": 0.22, "large": 0.38}  # shape size as a fraction of the image's shorter side
 SPECIAL = ("<pad>", "<unk>", "<bos>", "<eos>")  # ids 0-3; eos != 2 so CLIP pools at the eos token, not argmax(ids)
 # COCO 2014's common image sizes, repeated roughly in proportion (most are 640 wide with a 480 or ~427 high side)
 COCO_SIZES = ((640, 480),) * 10 + ((480, 640),) * 3 + ((640, 427),) * 4 + ((427, 640),) + ((640, 425),) + ((500, 375),)
-TEMPLATE_WORDS = ("a an the of on to in and one two next picture photo shapes shape that is left right middle "
-                  "plain background side centre").split()
+TEMPLATE_WORDS = (
+    "a an the of on to in and one two next picture photo shapes shape that is left right middle "
+    "plain background side centre"
+).split()
 
 
 def _draw(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, color: tuple) -> None:
@@ -54,14 +63,21 @@ def _captions(objects: list[dict]) -> list[str]:
     if len(objects) == 1:
         (o,) = objects
         c, s, z, p = o["color"], o["shape"], o["size"], o["position"]
-        return [f"a {z} {c} {s}", f"a {c} {s} on the {p}", f"a picture of a {c} {s}",
-                f"one {z} {c} {s} on a plain background", f"a {s} that is {c}"]
+        return [
+            f"a {z} {c} {s}",
+            f"a {c} {s} on the {p}",
+            f"a picture of a {c} {s}",
+            f"one {z} {c} {s} on a plain background",
+            f"a {s} that is {c}",
+        ]
     a, b = objects
-    return [f"a {a['color']} {a['shape']} and a {b['color']} {b['shape']}",
-            f"a {a['color']} {a['shape']} to the left of a {b['color']} {b['shape']}",
-            f"a {b['color']} {b['shape']} on the right and a {a['color']} {a['shape']} on the left",
-            f"two shapes: a {a['color']} {a['shape']} and a {b['color']} {b['shape']}",
-            f"a {a['size']} {a['color']} {a['shape']} next to a {b['size']} {b['color']} {b['shape']}"]
+    return [
+        f"a {a['color']} {a['shape']} and a {b['color']} {b['shape']}",
+        f"a {a['color']} {a['shape']} to the left of a {b['color']} {b['shape']}",
+        f"a {b['color']} {b['shape']} on the right and a {a['color']} {a['shape']} on the left",
+        f"two shapes: a {a['color']} {a['shape']} and a {b['color']} {b['shape']}",
+        f"a {a['size']} {a['color']} {a['shape']} next to a {b['size']} {b['color']} {b['shape']}",
+    ]
 
 
 def _spec(rng: random.Random, sides: tuple[int, int], sizes: Sequence[tuple[int, int]] | None) -> dict:
@@ -104,9 +120,18 @@ def write_shape_image(path: str | Path, rng: random.Random, sides: tuple[int, in
     return _captions(spec["objects"])
 
 
-def make_split(root: Path, split: str, n_images: int, seed: int, first_image_id: int, first_ann_id: int,
-               sides: tuple[int, int] = (100, 200), sizes: Sequence[tuple[int, int]] | None = None,
-               workers: int = 1, file_name: str = "COCO_{split}_{id:012d}.jpg") -> None:
+def make_split(
+    root: Path,
+    split: str,
+    n_images: int,
+    seed: int,
+    first_image_id: int,
+    first_ann_id: int,
+    sides: tuple[int, int] = (100, 200),
+    sizes: Sequence[tuple[int, int]] | None = None,
+    workers: int = 1,
+    file_name: str = "COCO_{split}_{id:012d}.jpg",
+) -> None:
     """Write `root/<split>/*.jpg` and `root/annotations/captions_<split>.json` in the official COCO 2014 format.
 
     Width and height are each drawn from the range `sides`, or (width, height) from the list `sizes` when given
@@ -121,8 +146,15 @@ def make_split(root: Path, split: str, n_images: int, seed: int, first_image_id:
         spec = _spec(rng, sides, sizes)
         name = file_name.format(split=split, id=image_id)
         tasks.append((spec, str(root / split / name)))
-        images.append({"id": image_id, "file_name": name, "width": spec["w"], "height": spec["h"],
-                       "demo_shapes": [o["shape"] for o in spec["objects"]]})
+        images.append(
+            {
+                "id": image_id,
+                "file_name": name,
+                "width": spec["w"],
+                "height": spec["h"],
+                "demo_shapes": [o["shape"] for o in spec["objects"]],
+            }
+        )
         for caption in _captions(spec["objects"]):
             annotations.append({"id": first_ann_id + len(annotations), "image_id": image_id, "caption": caption})
     if workers > 1:
@@ -155,8 +187,14 @@ def _tokenizer() -> PreTrainedTokenizerFast:
     tok.post_processor = processors.TemplateProcessing(
         single="<bos> $A <eos>", special_tokens=[("<bos>", vocab["<bos>"]), ("<eos>", vocab["<eos>"])]
     )
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
-                                   pad_token="<pad>", unk_token="<unk>", model_max_length=32)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        model_max_length=32,
+    )
 
 
 def make_clip_model(
@@ -177,25 +215,44 @@ def make_clip_model(
     the demo's text-only model was (format 1), and copied in: the demo's caption embeddings stay bit-identical.
     """
     import torch
-    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextConfig,
-                              CLIPTextModelWithProjection, CLIPVisionConfig)
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPTextConfig,
+        CLIPTextModelWithProjection,
+        CLIPVisionConfig,
+    )
 
     tokenizer = _tokenizer()
     vocab = tokenizer.get_vocab()
     text_config = CLIPTextConfig(
-        vocab_size=len(vocab), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
-        num_attention_heads=4, max_position_embeddings=32, projection_dim=projection_dim,
-        bos_token_id=vocab["<bos>"], eos_token_id=vocab["<eos>"], pad_token_id=vocab["<pad>"],
+        vocab_size=len(vocab),
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        max_position_embeddings=32,
+        projection_dim=projection_dim,
+        bos_token_id=vocab["<bos>"],
+        eos_token_id=vocab["<eos>"],
+        pad_token_id=vocab["<pad>"],
     )
     torch.manual_seed(seed)
     text = CLIPTextModelWithProjection(text_config)  # must stay the first draw after the seed (see the docstring)
     vision_config = CLIPVisionConfig(
-        hidden_size=vision_width, intermediate_size=2 * vision_width, num_hidden_layers=vision_layers,
-        num_attention_heads=4, image_size=image_size, patch_size=patch_size, projection_dim=projection_dim,
+        hidden_size=vision_width,
+        intermediate_size=2 * vision_width,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=patch_size,
+        projection_dim=projection_dim,
     )
     # dicts, not config objects: the form every transformers version's CLIPConfig accepts
-    config = CLIPConfig(text_config=text_config.to_dict(), vision_config=vision_config.to_dict(),
-                        projection_dim=projection_dim)
+    config = CLIPConfig(
+        text_config=text_config.to_dict(), vision_config=vision_config.to_dict(), projection_dim=projection_dim
+    )
     model = CLIPModel(config)
     missing, unexpected = model.load_state_dict(text.state_dict(), strict=False)
     if unexpected or any(k.startswith(("text_model.", "text_projection.")) for k in missing):
@@ -213,11 +270,17 @@ def make_bert_model(path: Path, seed: int = 0, width: int = 64, layers: int = 2,
     import torch
     from transformers import DistilBertConfig, DistilBertModel, DistilBertTokenizer
 
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + vocabulary()[len(SPECIAL):]
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + vocabulary()[len(SPECIAL) :]
     tokenizer = DistilBertTokenizer(vocab={w: i for i, w in enumerate(words)}, model_max_length=64)
-    config = DistilBertConfig(vocab_size=max(len(words), vocab_size or 0), dim=width, n_layers=layers,
-                              n_heads=max(4, width // 64), hidden_dim=4 * width if vocab_size else 2 * width,
-                              max_position_embeddings=64, pad_token_id=0)
+    config = DistilBertConfig(
+        vocab_size=max(len(words), vocab_size or 0),
+        dim=width,
+        n_layers=layers,
+        n_heads=max(4, width // 64),
+        hidden_dim=4 * width if vocab_size else 2 * width,
+        max_position_embeddings=64,
+        pad_token_id=0,
+    )
     torch.manual_seed(seed)
     DistilBertModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -241,8 +304,15 @@ def make_demo_dataset(
     """
     root = Path(root)
     done = root / "DONE.json"
-    spec = {"n_train": n_train, "n_val": n_val, "seed": seed, "sides": list(sides),
-            "sizes": [list(s) for s in sizes] if sizes else None, "projection_dim": projection_dim, "format": 3}
+    spec = {
+        "n_train": n_train,
+        "n_val": n_val,
+        "seed": seed,
+        "sides": list(sides),
+        "sizes": [list(s) for s in sizes] if sizes else None,
+        "projection_dim": projection_dim,
+        "format": 3,
+    }
     if done.is_file() and json.loads(done.read_text()) == spec:
         return root
     tmp = root.with_name(root.name + ".tmp")

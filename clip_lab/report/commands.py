@@ -11,8 +11,10 @@ import yaml
 BASE_CONFIG = "configs/coco.yaml"
 # the lab's text -> image query and zero-shot classes; on the generated demo data, words its vocabulary has (the
 # lab's would all be unknown there: a tie for every image, a ranking that says nothing)
-EXAMPLES = {"lab": ("sport", ("person", "animal", "landscape")),
-            "demo": ("a red circle", ("circle", "square", "triangle", "diamond", "cross"))}
+EXAMPLES = {
+    "lab": ("sport", ("person", "animal", "landscape")),
+    "demo": ("a red circle", ("circle", "square", "triangle", "diamond", "cross")),
+}
 
 
 def read_config(run_dir: Path) -> dict[str, Any] | None:
@@ -82,5 +84,7 @@ class RunCommands:
 
     @property
     def zeroshot(self) -> str:
-        return self._after_fit(f"python -m clip_lab zeroshot --ckpt {self.ckpt} --images {self.test_split} "
-                               f"--classes {' '.join(self.examples[1])}")
+        return self._after_fit(
+            f"python -m clip_lab zeroshot --ckpt {self.ckpt} --images {self.test_split} "
+            f"--classes {' '.join(self.examples[1])}"
+        )

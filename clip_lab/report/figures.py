@@ -16,14 +16,15 @@ import logging
 import math
 import re
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from clip_lab.report.commands import RunCommands
 from clip_lab.files import atomic_path, save_json
 from clip_lab.jobs.sweep import DEFAULT_VARIANTS
+from clip_lab.report.commands import RunCommands
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +100,9 @@ def show_image(ax: Any, image: np.ndarray | None, label: str) -> None:
     manifest entry lists those, and the job warns)."""
     if image is None:
         ax.imshow(np.full((THUMB, THUMB, 3), 200, np.uint8))
-        ax.text(0.5, 0.5, f"{label}\n(image not found)", ha="center", va="center", fontsize=FONT - 1,
-                transform=ax.transAxes)
+        ax.text(
+            0.5, 0.5, f"{label}\n(image not found)", ha="center", va="center", fontsize=FONT - 1, transform=ax.transAxes
+        )
     else:
         ax.imshow(image)
     ax.set_xticks([])
@@ -180,19 +182,23 @@ def loss_figure(ctx: Context) -> tuple[Any, str]:
     for p, variant in enumerate(variants, start=1):
         ax = fig.add_subplot(grid[p // cols, p % cols], sharey=main_ax, sharex=first_variant)
         first_variant = first_variant or ax
-        for seed, c in sweep[variant]:
+        for _, c in sweep[variant]:
             for kind, color, style in (("train", "C0", "-"), ("val", "C3", "--")):
                 if kind in c:
                     ax.plot(*c[kind], color=color, ls=style, lw=0.9, alpha=0.8, marker=".", ms=3)
         seeds = [s.removeprefix("seed") for s, _ in sweep[variant]]
-        ax.set_title(f"{ctx.ablations}: {variant}\n(seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)})",
-                     fontsize=FONT)
+        ax.set_title(
+            f"{ctx.ablations}: {variant}\n(seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)})", fontsize=FONT
+        )
         axes.append(ax)
     if variants:
         from matplotlib.lines import Line2D
 
-        axes[1].legend([Line2D([], [], color="C0", lw=0.9), Line2D([], [], color="C3", ls="--", lw=0.9)],
-                       ["train (one line per seed)", "val (one line per seed)"], fontsize=FONT - 2)
+        axes[1].legend(
+            [Line2D([], [], color="C0", lw=0.9), Line2D([], [], color="C3", ls="--", lw=0.9)],
+            ["train (one line per seed)", "val (one line per seed)"],
+            fontsize=FONT - 2,
+        )
     from matplotlib.ticker import MaxNLocator
 
     last_epoch = {id(ax): max([x for line in ax.get_lines() for x in line.get_xdata()] or [1]) for ax in axes}
@@ -206,9 +212,13 @@ def loss_figure(ctx: Context) -> tuple[Any, str]:
         ax.set_ylabel("loss (InfoNCE, nats)", fontsize=FONT)
     fig.suptitle("Training (solid) and validation (dashed) loss per epoch", fontsize=FONT + 2)
     last = {k: v[1][-1] for k, v in curves.items()}
-    caption = (f"Symmetric InfoNCE loss per epoch, training solid and validation dashed, for run {ctx.run} "
-               f"(final: " + ", ".join(f"{k} {v:.3f}" for k, v in last.items()) + ")"
-               + (f" and for each variant of sweep {ctx.ablations}, one thin line per seed." if variants else "."))
+    caption = (
+        f"Symmetric InfoNCE loss per epoch, training solid and validation dashed, for run {ctx.run} "
+        f"(final: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in last.items())
+        + ")"
+        + (f" and for each variant of sweep {ctx.ablations}, one thin line per seed." if variants else ".")
+    )
     return fig, caption
 
 
@@ -218,8 +228,14 @@ def recall_figure(ctx: Context) -> tuple[Any, str]:
         variants = {v: d["metrics"] for v, d in summary["variants"].items()}
         seeds = summary.get("seeds", [])
         order = variant_order(list(variants))
-        stats = {v: {k: (100 * variants[v][k]["mean"], 100 * variants[v][k]["std"])
-                     for d in ("i2t", "t2i") for k in (f"{d}_R@1", f"{d}_R@5", f"{d}_R@10")} for v in order}
+        stats = {
+            v: {
+                k: (100 * variants[v][k]["mean"], 100 * variants[v][k]["std"])
+                for d in ("i2t", "t2i")
+                for k in (f"{d}_R@1", f"{d}_R@5", f"{d}_R@10")
+            }
+            for v in order
+        }
     except (KeyError, TypeError, AttributeError) as e:
         raise Missing(f"{ctx.sweep_json} is not a sweep summary (no {e})", ctx.sweep_command) from e
     if not order:
@@ -234,8 +250,16 @@ def recall_figure(ctx: Context) -> tuple[Any, str]:
             means = [stats[v][f"{direction}_R@{k}"][0] for k in ks]
             stds = [stats[v][f"{direction}_R@{k}"][1] for k in ks]
             x = np.arange(len(ks)) + (j - (len(order) - 1) / 2) * width
-            ax.bar(x, means, width, yerr=[0 if math.isnan(s) else s for s in stds], capsize=2,
-                   color=f"C{j}", label=v, error_kw={"lw": 0.8})
+            ax.bar(
+                x,
+                means,
+                width,
+                yerr=[0 if math.isnan(s) else s for s in stds],
+                capsize=2,
+                color=f"C{j}",
+                label=v,
+                error_kw={"lw": 0.8},
+            )
         ax.set_xticks(np.arange(len(ks)), [f"R@{k}" for k in ks], fontsize=FONT)
         ax.set_title(title, fontsize=FONT + 1)
         ax.tick_params(labelsize=FONT - 1)
@@ -244,14 +268,21 @@ def recall_figure(ctx: Context) -> tuple[Any, str]:
     axes[0].set_ylabel("recall (%)", fontsize=FONT)
     top = max(m + (0 if math.isnan(s) else s) for v in stats.values() for m, s in v.values())
     axes[0].set_ylim(0, min(100, top * 1.1 + 1))
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right center", fontsize=FONT - 1, title="variant",
-               title_fontsize=FONT - 1)
+    fig.legend(
+        *axes[0].get_legend_handles_labels(),
+        loc="outside right center",
+        fontsize=FONT - 1,
+        title="variant",
+        title_fontsize=FONT - 1,
+    )
     spread = f"mean ± std over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else "one seed, no spread"
     fig.suptitle(f"Test recall of sweep {ctx.ablations} ({spread})", fontsize=FONT + 2)
     best = max(order, key=lambda v: variants[v]["rsum"]["mean"]) if all("rsum" in variants[v] for v in order) else None
-    caption = (f"Test Recall@1/5/10 in both directions for each variant of sweep {ctx.ablations}, bars the mean and "
-               f"error bars the standard deviation over {len(seeds)} seed{'s' if len(seeds) != 1 else ''}"
-               + (f"; {best} has the highest rsum." if best else "."))
+    caption = (
+        f"Test Recall@1/5/10 in both directions for each variant of sweep {ctx.ablations}, bars the mean and "
+        f"error bars the standard deviation over {len(seeds)} seed{'s' if len(seeds) != 1 else ''}"
+        + (f"; {best} has the highest rsum." if best else ".")
+    )
     return fig, caption
 
 
@@ -274,10 +305,13 @@ def search_figure(ctx: Context, path: Path) -> tuple[Any, str]:
         show_image(ax, ctx.thumb(r, f"image {r.get('image_id')}"), f"image {r.get('image_id')}")
         ax.set_title(f"#{r['rank']}   {r['score']:.3f}", fontsize=FONT)
         ax.set_xlabel(wrap(r.get("caption") or "(no caption)", 24, 3), fontsize=FONT - 1)
-    fig.suptitle(wrap(f'"{text}"', 60, 2) + f"\ntop {len(rows)} images of {split} (rank, cosine similarity)",
-                 fontsize=FONT + 1)
-    caption = (f'The {len(rows)} images of {split} closest to the query "{text}" by cosine similarity, with their '
-               "rank, score and first caption.")
+    fig.suptitle(
+        wrap(f'"{text}"', 60, 2) + f"\ntop {len(rows)} images of {split} (rank, cosine similarity)", fontsize=FONT + 1
+    )
+    caption = (
+        f'The {len(rows)} images of {split} closest to the query "{text}" by cosine similarity, with their '
+        "rank, score and first caption."
+    )
     return fig, caption
 
 
@@ -287,8 +321,9 @@ def i2t_figure(ctx: Context) -> tuple[Any, str]:
         rows = examples["retrieval"][:TEXT_ROWS]
         _ = [(r["file"], r["captions"], r["retrieved"]) for r in rows]
     except (KeyError, TypeError) as e:
-        raise Missing(f"{ctx.run_dir / 'test_examples.json'} has no retrieval examples (no {e})",
-                      ctx.commands.test) from e
+        raise Missing(
+            f"{ctx.run_dir / 'test_examples.json'} has no retrieval examples (no {e})", ctx.commands.test
+        ) from e
     if not rows:
         raise Missing(f"{ctx.run_dir / 'test_examples.json'} has no retrieval examples", ctx.commands.test)
     k = max(len(r["retrieved"]) for r in rows)
@@ -303,25 +338,40 @@ def i2t_figure(ctx: Context) -> tuple[Any, str]:
         offset = 0.0
         for c in r["captions"][:5]:
             wrapped = wrap(c, 44, 2)
-            ax_truth.annotate("• " + wrapped.replace("\n", "\n   "), (0, 1), xycoords="axes fraction",
-                              xytext=(0, -offset), textcoords="offset points", va="top", fontsize=FONT - 1)
+            ax_truth.annotate(
+                "• " + wrapped.replace("\n", "\n   "),
+                (0, 1),
+                xycoords="axes fraction",
+                xytext=(0, -offset),
+                textcoords="offset points",
+                va="top",
+                fontsize=FONT - 1,
+            )
             offset += line * (wrapped.count("\n") + 1)
         offset = 0.0
         for hit in r["retrieved"]:
             mark, color = ("✓", CORRECT) if hit["correct"] else ("✗", WRONG)
             wrapped = wrap(hit["caption"], 44, 2)
-            ax_ret.annotate(f"{mark} {hit['score']:.3f}  " + wrapped.replace("\n", "\n" + " " * 14), (0, 1),
-                            xycoords="axes fraction", xytext=(0, -offset), textcoords="offset points", va="top",
-                            fontsize=FONT - 1, color=color)
+            ax_ret.annotate(
+                f"{mark} {hit['score']:.3f}  " + wrapped.replace("\n", "\n" + " " * 14),
+                (0, 1),
+                xycoords="axes fraction",
+                xytext=(0, -offset),
+                textcoords="offset points",
+                va="top",
+                fontsize=FONT - 1,
+                color=color,
+            )
             offset += line * (wrapped.count("\n") + 1)
         if i == 0:
             ax_truth.set_title("ground-truth captions", fontsize=FONT, loc="left")
-            ax_ret.set_title(f"top {k} retrieved, cosine (✓ this image's, ✗ another's)", fontsize=FONT,
-                             loc="left")
+            ax_ret.set_title(f"top {k} retrieved, cosine (✓ this image's, ✗ another's)", fontsize=FONT, loc="left")
     fig.suptitle("Image → text retrieval on the test split", fontsize=FONT + 2)
     hits = sum(any(h["correct"] for h in r["retrieved"][:1]) for r in rows)
-    caption = (f"Image-to-text retrieval for {len(rows)} seeded test images: their ground-truth captions beside the "
-               f"top {k} captions retrieved from the whole test split ({hits} of {len(rows)} right at rank 1).")
+    caption = (
+        f"Image-to-text retrieval for {len(rows)} seeded test images: their ground-truth captions beside the "
+        f"top {k} captions retrieved from the whole test split ({hits} of {len(rows)} right at rank 1)."
+    )
     return fig, caption
 
 
@@ -360,8 +410,10 @@ def zeroshot_figure(ctx: Context, path: Path) -> tuple[Any, str]:
         probs = [p["probs"].get(c, 0.0) for c in classes]
         truth = set(p.get("truth") or [])
         picked = p.get("tied") or [p["predicted"]]  # a tie (`predicted` null) picks its tied classes, and is wrong
-        colors = [(CORRECT if p["correct"] else WRONG) if c in picked and labelled else
-                  ("C0" if c in picked else "0.7") for c in classes]
+        colors = [
+            (CORRECT if p["correct"] else WRONG) if c in picked and labelled else ("C0" if c in picked else "0.7")
+            for c in classes
+        ]
         y = np.arange(len(classes))
         ax_bar.barh(y, probs, color=colors, height=0.7)
         ax_bar.set_yticks(y, [c + (" *" if c in truth else "") for c in classes], fontsize=FONT - 1)
@@ -375,18 +427,30 @@ def zeroshot_figure(ctx: Context, path: Path) -> tuple[Any, str]:
         verdict = ("  ✓" if p["correct"] else "  ✗") if labelled else ""
         ax_img.set_title(name, fontsize=FONT - 1)
         head = f"tie {'/'.join(picked)}" if p.get("tied") else p["predicted"]
-        ax_bar.set_title(f"{head} {p['probs'].get(picked[0], 0):.2f}{verdict}", fontsize=FONT,
-                         color=(CORRECT if p["correct"] else WRONG) if labelled else "black", loc="left")
+        ax_bar.set_title(
+            f"{head} {p['probs'].get(picked[0], 0):.2f}{verdict}",
+            fontsize=FONT,
+            color=(CORRECT if p["correct"] else WRONG) if labelled else "black",
+            loc="left",
+        )
     accuracy, chance = result.get("accuracy"), result.get("chance")
     score = f"; accuracy {accuracy:.2f}, chance {chance:.2f}" if accuracy is not None and chance else ""
-    fig.suptitle(f"Zero-shot classification of {result.get('images', path.stem)} ({result.get('n_images', len(preds))} "
-                 f"images{score})" + ("\n* marks a true class" if labelled else ""), fontsize=FONT + 1)
-    caption = (f"Zero-shot class probabilities over {', '.join(classes)} for {len(shown)} images of "
-               f"{result.get('images', path.stem)}"
-               + (f" (the first {sum(p['correct'] for p in shown)} right and first "
-                  f"{sum(not p['correct'] for p in shown)} wrong predictions; accuracy {accuracy:.2f} over all "
-                  f"{len(preds)} against a chance of {chance:.2f})." if labelled and accuracy is not None and chance
-                  else "."))
+    fig.suptitle(
+        f"Zero-shot classification of {result.get('images', path.stem)} ({result.get('n_images', len(preds))} "
+        f"images{score})" + ("\n* marks a true class" if labelled else ""),
+        fontsize=FONT + 1,
+    )
+    caption = (
+        f"Zero-shot class probabilities over {', '.join(classes)} for {len(shown)} images of "
+        f"{result.get('images', path.stem)}"
+        + (
+            f" (the first {sum(p['correct'] for p in shown)} right and first "
+            f"{sum(not p['correct'] for p in shown)} wrong predictions; accuracy {accuracy:.2f} over all "
+            f"{len(preds)} against a chance of {chance:.2f})."
+            if labelled and accuracy is not None and chance
+            else "."
+        )
+    )
     return fig, caption
 
 
@@ -396,12 +460,14 @@ def similarity_figure(ctx: Context) -> tuple[Any, str]:
         sim = examples["similarity"]
         images, captions, matrix = sim["images"], sim["captions"], np.asarray(sim["matrix"], dtype=float)
     except (KeyError, TypeError, ValueError) as e:
-        raise Missing(f"{ctx.run_dir / 'test_examples.json'} has no similarity matrix (no {e})",
-                      ctx.commands.test) from e
+        raise Missing(
+            f"{ctx.run_dir / 'test_examples.json'} has no similarity matrix (no {e})", ctx.commands.test
+        ) from e
     n = len(images)
     if n == 0 or matrix.shape != (n, len(captions)):
-        raise Missing(f"{ctx.run_dir / 'test_examples.json'} has an empty or inconsistent similarity matrix",
-                      ctx.commands.test)
+        raise Missing(
+            f"{ctx.run_dir / 'test_examples.json'} has an empty or inconsistent similarity matrix", ctx.commands.test
+        )
     cell = min(0.75, 6.0 / max(n, len(captions)))
     fig = new_figure(cell * (len(captions) + 1.4) + 2.2, cell * n + 2.0)
     ax = fig.subplots()
@@ -420,11 +486,25 @@ def similarity_figure(ctx: Context) -> tuple[Any, str]:
         for i in range(n):
             for j in range(len(captions)):
                 light = matrix[i, j] < lo + 0.6 * (hi - lo)
-                ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=FONT - 2,
-                        color="white" if light else "black", fontweight="bold" if i == j else "normal")
+                ax.text(
+                    j,
+                    i,
+                    f"{matrix[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=FONT - 2,
+                    color="white" if light else "black",
+                    fontweight="bold" if i == j else "normal",
+                )
     ax.set_yticks(range(n), [f"image {im.get('image_id')}" for im in images], fontsize=FONT - 1)
-    ax.set_xticks(range(len(captions)), [wrap(c, 22, 3) for c in captions], rotation=60, ha="right",
-                  rotation_mode="anchor", fontsize=FONT - 2)
+    ax.set_xticks(
+        range(len(captions)),
+        [wrap(c, 22, 3) for c in captions],
+        rotation=60,
+        ha="right",
+        rotation_mode="anchor",
+        fontsize=FONT - 2,
+    )
     ax.tick_params(length=0)
     bar = fig.colorbar(heat, ax=ax, shrink=0.8, pad=0.02)
     bar.set_label("cosine similarity", fontsize=FONT)
@@ -432,8 +512,10 @@ def similarity_figure(ctx: Context) -> tuple[Any, str]:
     ax.set_xlabel("first caption of each image (column j belongs to row j's image)", fontsize=FONT - 1)
     fig.suptitle(f"Cosine similarity of {n} test images and their first captions", fontsize=FONT + 1)
     diagonal_best = int(sum(np.argmax(matrix[i]) == i for i in range(min(n, len(captions)))))
-    caption = (f"Cosine similarity between {n} test images (rows) and their first captions (columns), the matched "
-               f"pairs on the diagonal; {diagonal_best} of {n} images score highest with their own caption.")
+    caption = (
+        f"Cosine similarity between {n} test images (rows) and their first captions (columns), the matched "
+        f"pairs on the diagonal; {diagonal_best} of {n} images score highest with their own caption."
+    )
     return fig, caption
 
 
@@ -459,18 +541,18 @@ def pca_figure(ctx: Context) -> tuple[Any, str]:
     if len(image) < 2 or image.shape != caption.shape:
         raise Missing(f"{path} holds {len(image)} image and {len(caption)} caption embeddings", ctx.commands.test)
     xy, explained = pca_2d(np.concatenate([image, caption]))
-    img_xy, cap_xy = xy[: len(image)], xy[len(image):]
+    img_xy, cap_xy = xy[: len(image)], xy[len(image) :]
     n = len(image)
 
     fig = new_figure(6.2, 5.2)
     ax = fig.subplots()
     pairs = np.linspace(0, n - 1, min(PCA_PAIRS, n)).round().astype(int)
     for i in pairs:
-        ax.plot([img_xy[i, 0], cap_xy[i, 0]], [img_xy[i, 1], cap_xy[i, 1]], color="0.45", lw=0.6, alpha=0.7,
-                zorder=1)
+        ax.plot([img_xy[i, 0], cap_xy[i, 0]], [img_xy[i, 1], cap_xy[i, 1]], color="0.45", lw=0.6, alpha=0.7, zorder=1)
     ax.scatter(*img_xy.T, s=10, color="C0", alpha=0.6, label=f"images ({n})", zorder=2, linewidths=0)
-    ax.scatter(*cap_xy.T, s=16, color="C1", marker="x", alpha=0.7, label=f"first captions ({n})", zorder=2,
-               linewidths=0.9)
+    ax.scatter(
+        *cap_xy.T, s=16, color="C1", marker="x", alpha=0.7, label=f"first captions ({n})", zorder=2, linewidths=0.9
+    )
     ax.plot([], [], color="0.45", lw=0.6, label=f"{len(pairs)} image-caption pairs")
     ax.set_xlabel(f"PC 1 ({explained[0]:.1f} % of variance)", fontsize=FONT)
     ax.set_ylabel(f"PC 2 ({explained[1]:.1f} % of variance)", fontsize=FONT)
@@ -480,9 +562,11 @@ def pca_figure(ctx: Context) -> tuple[Any, str]:
     ax.legend(fontsize=FONT - 1, loc="best", framealpha=0.9)
     ax.set_title(f"PCA of {n} test image embeddings and their first captions' embeddings", fontsize=FONT + 1)
     gap = float(np.linalg.norm(image.mean(axis=0) - caption.mean(axis=0)))
-    caption_text = (f"The first two principal components (of both modalities together, {explained.sum():.1f} % of the "
-                    f"variance) of {n} test images and their first captions, lines joining {len(pairs)} matched pairs; "
-                    f"the distance between the two modalities' mean embeddings is {gap:.2f}.")
+    caption_text = (
+        f"The first two principal components (of both modalities together, {explained.sum():.1f} % of the "
+        f"variance) of {n} test images and their first captions, lines joining {len(pairs)} matched pairs; "
+        f"the distance between the two modalities' mean embeddings is {gap:.2f}."
+    )
     return fig, caption_text
 
 
@@ -515,28 +599,36 @@ def figures(ctx: Context) -> dict[str, Callable[[], tuple[Any, str]]]:
         "recall_ablations": lambda: recall_figure(ctx),
     }
     for kind, folder, pattern, draw, command in (
-            ("search", "search", "text-*.json", search_figure, ctx.commands.search),
-            ("zeroshot", "zeroshot", "*.json", zeroshot_figure, ctx.commands.zeroshot)):
+        ("search", "search", "text-*.json", search_figure, ctx.commands.search),
+        ("zeroshot", "zeroshot", "*.json", zeroshot_figure, ctx.commands.zeroshot),
+    ):
         found = sorted((ctx.run_dir / folder).glob(pattern))
         for path in found:
             jobs[f"{kind}_{path.stem.removeprefix('text-')}"] = lambda draw=draw, path=path: draw(ctx, path)
         if not found:
+
             def absent(folder: str = folder, pattern: str = pattern, command: str = command) -> tuple[Any, str]:
                 raise Missing(f"no results ({pattern}) in {ctx.run_dir / folder}/", command)
+
             jobs[kind] = absent
-    jobs |= {"i2t_examples": lambda: i2t_figure(ctx), "similarity": lambda: similarity_figure(ctx),
-             "embeddings_pca": lambda: pca_figure(ctx)}
+    jobs |= {
+        "i2t_examples": lambda: i2t_figure(ctx),
+        "similarity": lambda: similarity_figure(ctx),
+        "embeddings_pca": lambda: pca_figure(ctx),
+    }
     return jobs
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
-    parser = argparse.ArgumentParser(prog="python -m clip_lab figures", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m clip_lab figures", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--results_dir", default="results", help="where runs and sweep summaries are")
     parser.add_argument("--run", default="baseline", help="the main run: <results_dir>/<run>/")
     parser.add_argument("--ablations", default="ablations", help="sweep name: <results_dir>/<name>.json and <name>/")
-    parser.add_argument("--out", default=None,
-                        help="folder for the PNG and PDF files and figures.json (default report/<run>/figures)")
+    parser.add_argument(
+        "--out", default=None, help="folder for the PNG and PDF files and figures.json (default report/<run>/figures)"
+    )
     args = parser.parse_args(argv)
     ctx = Context(args)
     out = Path(args.out or Path("report") / args.run / "figures")
@@ -545,8 +637,13 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     if (out / "figures.json").is_file():
         try:
             previous = json.loads((out / "figures.json").read_text())
-            old_files = {Path(p).name for e in previous.values() if isinstance(e, dict)
-                         for k, p in e.items() if k in ("png", "pdf")}
+            old_files = {
+                Path(p).name
+                for e in previous.values()
+                if isinstance(e, dict)
+                for k, p in e.items()
+                if k in ("png", "pdf")
+            }
         except ValueError:
             pass
     manifest: dict[str, dict[str, Any]] = {}
@@ -563,12 +660,21 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
         entry: dict[str, Any] = save(fig, out, name)
         if ctx.not_found:  # never a silent grey square: the caption, the manifest and a warning say so
             n = len(ctx.not_found)
-            what = "1 of its pictures could not be found and is a grey square" if n == 1 else \
-                f"{n} of its pictures could not be found and are grey squares"
+            what = (
+                "1 of its pictures could not be found and is a grey square"
+                if n == 1
+                else f"{n} of its pictures could not be found and are grey squares"
+            )
             caption += f" {what}: " + ", ".join(ctx.not_found[:3]) + (" and more" if n > 3 else "") + "."
             entry["images_not_found"] = ctx.not_found
-            log.warning("figure %s: %d picture%s could not be found (neither the file nor the image cache), drawn as "
-                        "grey squares; first: %s", name, n, "" if n == 1 else "s", ctx.not_found[0])
+            log.warning(
+                "figure %s: %d picture%s could not be found (neither the file nor the image cache), drawn as "
+                "grey squares; first: %s",
+                name,
+                n,
+                "" if n == 1 else "s",
+                ctx.not_found[0],
+            )
         manifest[name] = entry | {"caption": caption}
         print(f"{name:<{width}} {entry['png']} (+ .pdf)")
     # the figures this folder held that this run of `figures` did not draw (another run's, a result since removed)

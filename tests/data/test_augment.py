@@ -64,10 +64,12 @@ def test_color_jitter_is_torchvisions_three_adjustments_where_nothing_saturates(
     g = torch.Generator().manual_seed(0)
     x = torch.rand(6, 3, 8, 8, generator=g) * 120 + 60
     factors = [torch.rand(6, generator=g) * 0.4 + 0.8 for _ in range(3)]
-    expected = torch.stack([
-        TF.adjust_saturation(TF.adjust_contrast(TF.adjust_brightness(img / 255, b), c), s) * 255
-        for img, b, c, s in zip(x, *(f.tolist() for f in factors))
-    ])
+    expected = torch.stack(
+        [
+            TF.adjust_saturation(TF.adjust_contrast(TF.adjust_brightness(img / 255, b), c), s) * 255
+            for img, b, c, s in zip(x, *(f.tolist() for f in factors))
+        ]
+    )
     assert torch.allclose(color_jitter(x, *factors), expected, atol=1e-3)
 
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from clip_lab.data import caption_cache, feature_cache, image_cache, split as split_module
+from clip_lab.data import caption_cache, feature_cache, image_cache
+from clip_lab.data import split as split_module
 from clip_lab.data.coco import load_coco_split
 from clip_lab.data.datamodule import RetrievalData
 from clip_lab.data.synthetic import make_demo_dataset
@@ -35,8 +36,15 @@ def roots(tmp_path_factory):
 
 
 def prepare(root, text_model, cache):
-    dm = RetrievalData(data_root=str(root), text_model=text_model, max_length=32, cache_dir=str(cache), image_size=16,
-                       cache_image_size=SIZE, num_workers=0)
+    dm = RetrievalData(
+        data_root=str(root),
+        text_model=text_model,
+        max_length=32,
+        cache_dir=str(cache),
+        image_size=16,
+        cache_image_size=SIZE,
+        num_workers=0,
+    )
     dm.prepare_data()
     return dm
 
@@ -58,7 +66,7 @@ def test_same_split_names_over_other_data_keep_their_own_valid_caches(roots, tex
         dm = prepare(roots["first"], text_model, cache)  # the first data's caches are reused as they are
     assert {p: p.stat().st_mtime_ns for p in built} == built
     assert "stale" not in caplog.text and "building" not in caplog.text and "images/s" not in caplog.text
-    for name, root in roots.items():  # and every cache holds its own data
+    for root in roots.values():  # and every cache holds its own data
         split = load_coco_split(root, "val2014")
         pixels = image_cache.open_image_cache(cache, split, SIZE)
         # (within the 1 grey level by which nvJPEG, on a GPU machine, and PIL may differ; other data is far off)
@@ -90,9 +98,14 @@ def test_the_fingerprint_follows_the_data_and_every_cache_name_holds_it(roots, t
     assert len({s.fingerprint for s in splits}) == 4 and all(len(s.fingerprint) == 12 for s in splits)
     for s in splits:
         assert s.name == "val2014"
-        names = [*(p.name for p in image_cache.image_cache_paths(tmp_path, s, SIZE)),
-                 caption_cache.caption_cache_path(tmp_path, s, "org/model", 32).name,
-                 feature_cache.feature_cache_path(tmp_path, s, "org/model", SIZE).name]
-        assert names == [f"images_val2014_{s.fingerprint}_{SIZE}.npy", f"images_val2014_{s.fingerprint}_{SIZE}.json",
-                         f"captions_val2014_{s.fingerprint}_org_model_L32.pt",
-                         f"features_val2014_{s.fingerprint}_org_model_{SIZE}.pt"]
+        names = [
+            *(p.name for p in image_cache.image_cache_paths(tmp_path, s, SIZE)),
+            caption_cache.caption_cache_path(tmp_path, s, "org/model", 32).name,
+            feature_cache.feature_cache_path(tmp_path, s, "org/model", SIZE).name,
+        ]
+        assert names == [
+            f"images_val2014_{s.fingerprint}_{SIZE}.npy",
+            f"images_val2014_{s.fingerprint}_{SIZE}.json",
+            f"captions_val2014_{s.fingerprint}_org_model_L32.pt",
+            f"features_val2014_{s.fingerprint}_org_model_{SIZE}.pt",
+        ]

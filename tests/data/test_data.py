@@ -83,9 +83,18 @@ def test_first_pairs_for_evaluation_keep_order_and_mark_captionless_images():
 
 
 def test_datamodule_batches_on_generated_data(demo_root, text_model, tmp_path):
-    dm = RetrievalData(data_root=str(demo_root), text_model=text_model, max_length=32, cache_dir=str(tmp_path),
-                           image_size=32, cache_image_size=40, batch_size=16, eval_batch_size=40, num_workers=0,
-                           val_images=50)
+    dm = RetrievalData(
+        data_root=str(demo_root),
+        text_model=text_model,
+        max_length=32,
+        cache_dir=str(tmp_path),
+        image_size=32,
+        cache_image_size=40,
+        batch_size=16,
+        eval_batch_size=40,
+        num_workers=0,
+        val_images=50,
+    )
     dm.prepare_data()
     paths = [p.name for s in ("train2014", "val2014") for p in image_cache.image_cache_paths(tmp_path, dm.split(s), 40)]
     assert sorted(p.name for p in tmp_path.glob("images_*")) == sorted(paths)
@@ -127,9 +136,18 @@ def test_unreadable_images_are_left_out_of_training_and_evaluation(demo_root, te
     train, val = load_coco_split(root, "train2014"), load_coco_split(root, "val2014")
     train.image_path(3).write_bytes(b"")  # zero bytes
     val.image_path(7).unlink()  # listed in the annotations, absent on disk
-    dm = RetrievalData(data_root=str(root), text_model=text_model, max_length=32, cache_dir=str(tmp_path / "c"),
-                           image_size=32, cache_image_size=40, batch_size=16, num_workers=0, val_images=0,
-                           max_bad_images=0.05)
+    dm = RetrievalData(
+        data_root=str(root),
+        text_model=text_model,
+        max_length=32,
+        cache_dir=str(tmp_path / "c"),
+        image_size=32,
+        cache_image_size=40,
+        batch_size=16,
+        num_workers=0,
+        val_images=0,
+        max_bad_images=0.05,
+    )
     dm.prepare_data()
     seen = torch.cat([b[2] for b in dm.train_dataloader()]).tolist()
     assert 3 not in seen and len(seen) == 255 // 16 * 16
@@ -149,9 +167,13 @@ def test_captions_empty_dropped_any_count_any_unicode_long_ones_truncated(demo_r
     raw = json.loads(ann.read_text())
     first, second, third = (im["id"] for im in raw["images"][:3])
     raw["annotations"] = [a for a in raw["annotations"] if a["image_id"] not in (first, second)]
-    extra = [(first, "   "), (first, ""), (first, "\t\n"),  # image `first` keeps no caption at all
-             *[(second, f"caption {k} — ünïcödé 中文 🎉") for k in range(7)],  # seven captions
-             (third, " ".join(["a red circle"] * 40))]  # far past the text tower's 32 tokens
+    extra = [
+        (first, "   "),
+        (first, ""),
+        (first, "\t\n"),  # image `first` keeps no caption at all
+        *[(second, f"caption {k} — ünïcödé 中文 🎉") for k in range(7)],  # seven captions
+        (third, " ".join(["a red circle"] * 40)),
+    ]  # far past the text tower's 32 tokens
     for k, (image, text) in enumerate(extra):
         raw["annotations"].append({"id": 90_000_000 + k, "image_id": image, "caption": text})
     ann.write_text(json.dumps(raw, ensure_ascii=False))

@@ -6,15 +6,15 @@ import shutil
 
 import numpy as np
 import pytest
+from formats import GHOST, write_flickr8k, write_karpathy
 
 from clip_lab.data import datasets
 from clip_lab.data.coco import load_coco_split
 from clip_lab.data.datasets import DATASETS, check_dataset_files, load_split, split_names
-
-WRITTEN = ("coco_karpathy", "flickr8k", "flickr8k_karpathy", "flickr30k")  # the Kaggle downloads: test_download_formats
 from clip_lab.data.synthetic import make_split
 from clip_lab.errors import ClipLabError
-from formats import GHOST, write_flickr8k, write_karpathy
+
+WRITTEN = ("coco_karpathy", "flickr8k", "flickr8k_karpathy", "flickr30k")  # the Kaggle downloads: test_download_formats
 
 KARPATHY = {"coco_karpathy": "coco", "flickr8k_karpathy": "flickr8k", "flickr30k": "flickr30k"}
 
@@ -44,8 +44,15 @@ def _assert_split(split, expected, selector, name):
 
 
 def test_registry_names_and_split_names():
-    assert DATASETS == ("coco", "coco_karpathy", "flickr8k", "flickr8k_karpathy", "flickr30k", "flickr8k_kaggle",
-                        "flickr30k_kaggle")
+    assert DATASETS == (
+        "coco",
+        "coco_karpathy",
+        "flickr8k",
+        "flickr8k_karpathy",
+        "flickr30k",
+        "flickr8k_kaggle",
+        "flickr30k_kaggle",
+    )
     assert split_names("coco") == ("train2014", "val2014", "train2017", "val2017")  # the 2014 and 2017 releases
     assert split_names("coco_karpathy") == ("train", "restval", "val", "test")
     for dataset in ("flickr8k", "flickr8k_karpathy", "flickr30k"):
@@ -108,15 +115,31 @@ def test_flickr8k_other_spellings_of_the_folders(tmp_path):
         _assert_split(load_split("flickr8k", tmp_path, split), expected, split, f"flickr8k_{split}")
 
 
-@pytest.mark.parametrize("dataset, named", [
-    ("coco_karpathy", ["dataset_coco.json", "caption_datasets.zip", "/train2014/", "train2014.zip", "/val2014/",
-                       "val2014.zip"]),
-    ("flickr8k", ["Flickr8k.token.txt", "Flickr_8k.trainImages.txt", "Flickr_8k.devImages.txt",
-                  "Flickr_8k.testImages.txt", "Flickr8k_text/Flickr8k.token.txt", "Flickr8k_text.zip",
-                  "/Flicker8k_Dataset/", "/Flickr8k_Dataset/", "Flickr8k_Dataset.zip"]),
-    ("flickr8k_karpathy", ["dataset_flickr8k.json", "caption_datasets.zip", "/Flicker8k_Dataset/"]),
-    ("flickr30k", ["dataset_flickr30k.json", "caption_datasets.zip", "/flickr30k-images/", "DenotationGraph"]),
-])
+@pytest.mark.parametrize(
+    "dataset, named",
+    [
+        (
+            "coco_karpathy",
+            ["dataset_coco.json", "caption_datasets.zip", "/train2014/", "train2014.zip", "/val2014/", "val2014.zip"],
+        ),
+        (
+            "flickr8k",
+            [
+                "Flickr8k.token.txt",
+                "Flickr_8k.trainImages.txt",
+                "Flickr_8k.devImages.txt",
+                "Flickr_8k.testImages.txt",
+                "Flickr8k_text/Flickr8k.token.txt",
+                "Flickr8k_text.zip",
+                "/Flicker8k_Dataset/",
+                "/Flickr8k_Dataset/",
+                "Flickr8k_Dataset.zip",
+            ],
+        ),
+        ("flickr8k_karpathy", ["dataset_flickr8k.json", "caption_datasets.zip", "/Flicker8k_Dataset/"]),
+        ("flickr30k", ["dataset_flickr30k.json", "caption_datasets.zip", "/flickr30k-images/", "DenotationGraph"]),
+    ],
+)
 def test_missing_files_are_all_named_in_one_error(tmp_path, dataset, named):
     with pytest.raises(ClipLabError) as err:
         check_dataset_files(dataset, tmp_path, ["test"])
@@ -149,15 +172,20 @@ def test_a_karpathy_file_of_another_dataset_is_refused(written, tmp_path):
     assert str(tmp_path / "dataset_flickr30k.json") in str(err.value)
 
 
-@pytest.mark.parametrize("content, says", [
-    (b"<html>404</html>", "not a readable JSON file"),
-    (b"\xff\xff\xff", "not a readable JSON file"),
-    (b'{"dataset": "flickr30k"}', 'no "images" list'),
-    (b'[1, 2]', 'no "images" list'),
-    (b'{"dataset": "flickr30k", "images": [{"filename": "1.jpg", "imgid": "0", "sentences": []}]}', r"images\[0\]"),
-    (b'{"dataset": "flickr30k", "images": [{"filename": "1.jpg", "imgid": 0, "sentences": [{"raw": "a"}]}]}',
-     r"images\[0\]"),
-])
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        (b"<html>404</html>", "not a readable JSON file"),
+        (b"\xff\xff\xff", "not a readable JSON file"),
+        (b'{"dataset": "flickr30k"}', 'no "images" list'),
+        (b"[1, 2]", 'no "images" list'),
+        (b'{"dataset": "flickr30k", "images": [{"filename": "1.jpg", "imgid": "0", "sentences": []}]}', r"images\[0\]"),
+        (
+            b'{"dataset": "flickr30k", "images": [{"filename": "1.jpg", "imgid": 0, "sentences": [{"raw": "a"}]}]}',
+            r"images\[0\]",
+        ),
+    ],
+)
 def test_a_broken_karpathy_file_names_itself_and_where_to_get_it(tmp_path, content, says):
     (tmp_path / "flickr30k-images").mkdir()
     (tmp_path / "dataset_flickr30k.json").write_bytes(content)
@@ -188,8 +216,11 @@ def test_a_token_file_that_is_not_text_is_refused(tmp_path):
 
 
 def test_unknown_dataset_or_split_lists_the_valid_ones(written, tmp_path):
-    for call in (lambda: check_dataset_files("flickr", tmp_path, ["test"]), lambda: split_names("flickr"),
-                 lambda: load_split("Flickr30k", tmp_path, "test")):
+    for call in (
+        lambda: check_dataset_files("flickr", tmp_path, ["test"]),
+        lambda: split_names("flickr"),
+        lambda: load_split("Flickr30k", tmp_path, "test"),
+    ):
         with pytest.raises(ClipLabError, match="unknown dataset '.*': use one of " + ", ".join(DATASETS)):
             call()
     root = written["flickr30k"][0]

@@ -2,27 +2,47 @@
 in the real layout with its quirks, fitted and tested end to end on tiny settings."""
 
 import json
-from pathlib import Path
 
 import pytest
+from formats import write_coco2017
 
-from clip_lab.jobs import prepare
 from clip_lab.__main__ import main
 from clip_lab.data.datasets import load_split
 from clip_lab.errors import ClipLabError
-from formats import write_coco2017
 from clip_lab.files import CONFIGS
-
+from clip_lab.jobs import prepare
 
 
 def tiny(root, tmp_path, text_model, *overlays):
     """fit arguments: the base and demo configs, the dataset's overlays, tiny images and batches."""
-    return ["fit", "-c", str(CONFIGS / "coco.yaml"), "-c", str(CONFIGS / "demo.yaml"),
-            *[a for o in overlays for a in ("-c", str(CONFIGS / "datasets" / o))],
-            "--results_dir", str(tmp_path / "results"), "--data.data_root", str(root), "--data.text_model", text_model,
-            "--data.cache_dir", str(tmp_path / "cache"), "--data.num_workers", "0", "--data.image_size", "32",
-            "--data.cache_image_size", "40", "--data.batch_size", "8", "--data.val_images", "6",
-            "--trainer.max_epochs", "1"]
+    return [
+        "fit",
+        "-c",
+        str(CONFIGS / "coco.yaml"),
+        "-c",
+        str(CONFIGS / "demo.yaml"),
+        *[a for o in overlays for a in ("-c", str(CONFIGS / "datasets" / o))],
+        "--results_dir",
+        str(tmp_path / "results"),
+        "--data.data_root",
+        str(root),
+        "--data.text_model",
+        text_model,
+        "--data.cache_dir",
+        str(tmp_path / "cache"),
+        "--data.num_workers",
+        "0",
+        "--data.image_size",
+        "32",
+        "--data.cache_image_size",
+        "40",
+        "--data.batch_size",
+        "8",
+        "--data.val_images",
+        "6",
+        "--trainer.max_epochs",
+        "1",
+    ]
 
 
 def test_coco2017_is_read_fitted_and_tested_under_its_protocol(tmp_path, text_model):
@@ -44,8 +64,11 @@ def test_coco2017_is_read_fitted_and_tested_under_its_protocol(tmp_path, text_mo
 def test_missing_coco2017_files_name_the_2017_downloads(tmp_path):
     root = write_coco2017(tmp_path / "coco")
     (root / "annotations" / "captions_val2017.json").unlink()
-    with pytest.raises(ClipLabError, match=r"COCO 2017 files missing .*captions_val2017.json \(captions: "
-                                           r"http://images.cocodataset.org/annotations/annotations_trainval2017.zip\)"):
+    with pytest.raises(
+        ClipLabError,
+        match=r"COCO 2017 files missing .*captions_val2017.json \(captions: "
+        r"http://images.cocodataset.org/annotations/annotations_trainval2017.zip\)",
+    ):
         load_split("coco", root, "val2017")
 
 
@@ -56,12 +79,17 @@ def test_another_known_layout_is_named_with_what_reads_it(tmp_path, run_args, ca
     args = ["fit", "-c", str(CONFIGS / "coco.yaml"), *run_args(coco2017, tmp_path)]  # COCO 2014 configured
     assert main(args) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
-    assert err == [f"error: data_root={coco2017} holds COCO 2017 (read with -c configs/datasets/coco2017.yaml), not "
-                   "the files data.dataset=coco with splits train2014, val2014 needs"]
+    assert err == [
+        f"error: data_root={coco2017} holds COCO 2017 (read with -c configs/datasets/coco2017.yaml), not "
+        "the files data.dataset=coco with splits train2014, val2014 needs"
+    ]
     flickr = tmp_path / "flickr"
     write_flickr8k(flickr)
-    with pytest.raises(ClipLabError, match=r"holds the official Flickr8k files \(read with -c "
-                                           r"configs/datasets/flickr8k.yaml\), not the files data.dataset=flickr30k"):
+    with pytest.raises(
+        ClipLabError,
+        match=r"holds the official Flickr8k files \(read with -c "
+        r"configs/datasets/flickr8k.yaml\), not the files data.dataset=flickr30k",
+    ):
         load_split("flickr30k", flickr, "test")
     with pytest.raises(ClipLabError, match="flickr30k files missing"):  # nothing known there: the missing files
         load_split("flickr30k", tmp_path / "empty", "test")
@@ -117,8 +145,9 @@ def test_kaggle_flickr30k_rows_are_repaired_or_counted(tmp_path):
 
 @pytest.mark.parametrize("dataset", ["flickr8k_kaggle", "flickr30k_kaggle"])
 def test_kaggle_downloads_fit_and_test_end_to_end(tmp_path, text_model, dataset):
-    from clip_lab.data import image_cache
     from formats import write_kaggle_flickr8k, write_kaggle_flickr30k
+
+    from clip_lab.data import image_cache
 
     root = tmp_path / "data"
     (write_kaggle_flickr8k if dataset == "flickr8k_kaggle" else write_kaggle_flickr30k)(root)
@@ -142,8 +171,11 @@ def test_kaggle_files_under_another_config_are_named(tmp_path):
 
     root = tmp_path / "k8"
     write_kaggle_flickr8k(root)
-    with pytest.raises(ClipLabError, match=r"holds Kaggle's Flickr8k \(read with -c "
-                                           r"configs/datasets/flickr8k_kaggle.yaml\), not the files data.dataset=flickr8k"):
+    with pytest.raises(
+        ClipLabError,
+        match=r"holds Kaggle's Flickr8k \(read with -c "
+        r"configs/datasets/flickr8k_kaggle.yaml\), not the files data.dataset=flickr8k",
+    ):
         load_split("flickr8k", root, "test")
 
 
@@ -179,8 +211,10 @@ def test_hf_parquet_of_flickr8k_with_numbered_captions_and_splits_by_shard_name(
         for name, caps in kept(split).items():
             t = by_bytes[(out / "Flicker8k_Dataset" / name).read_bytes()]
             assert t["split"] == s and caps == t["captions"]
-    assert main([*tiny(out, tmp_path, text_model, "flickr8k.yaml"), "--data.dataset", "flickr8k_karpathy",
-                 "--run", "hf8"]) == 0
+    assert (
+        main([*tiny(out, tmp_path, text_model, "flickr8k.yaml"), "--data.dataset", "flickr8k_karpathy", "--run", "hf8"])
+        == 0
+    )
     run = tmp_path / "results" / "hf8"
     assert main(["test", "-c", str(run / "config.yaml")]) == 0
     assert json.loads((run / "test_metrics.json").read_text())["metrics"]["n_images"] == 4
@@ -190,8 +224,11 @@ def test_parquet_shards_as_data_root_say_to_convert_them(tmp_path):
     from formats import write_hf_parquet
 
     write_hf_parquet(tmp_path / "hf", "flickr30k")
-    with pytest.raises(ClipLabError, match=r"holds Hugging Face parquet shards \(convert once with python -m clip_lab "
-                                           r"prepare --parquet .*hf --dataset <flickr8k\|flickr30k\|coco>"):
+    with pytest.raises(
+        ClipLabError,
+        match=r"holds Hugging Face parquet shards \(convert once with python -m clip_lab "
+        r"prepare --parquet .*hf --dataset <flickr8k\|flickr30k\|coco>",
+    ):
         load_split("flickr30k", tmp_path / "hf", "test")
     import pyarrow as pa
     import pyarrow.parquet as pq

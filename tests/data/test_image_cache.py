@@ -34,8 +34,10 @@ def test_cache_holds_each_image_decoded_once_in_split_order(demo_root, tmp_path)
     reopened = image_cache.open_image_cache(tmp_path, split, 40)
     assert reopened is not None and np.array_equal(np.asarray(reopened), np.asarray(images))
     npy, meta_file = image_cache.image_cache_paths(tmp_path, split, 40)
-    assert (npy.name, meta_file.name) == (f"images_val2014_{split.fingerprint}_40.npy",
-                                          f"images_val2014_{split.fingerprint}_40.json")
+    assert (npy.name, meta_file.name) == (
+        f"images_val2014_{split.fingerprint}_40.npy",
+        f"images_val2014_{split.fingerprint}_40.json",
+    )
     meta = json.loads(meta_file.read_text())
     assert meta == image_cache.expected_meta(split, 40) | {"bad_images": []}
     assert sorted(tmp_path.iterdir()) == [meta_file, npy]
@@ -120,10 +122,16 @@ def test_odd_but_readable_images_become_rgb_and_broken_or_absent_ones_are_skippe
     folder.mkdir()
     good, bad = write_odd_images(folder)
     names = good + bad
-    split = CaptionedSplit(name="odd", annotation_file=tmp_path / "ann.json", image_dir=folder,
-                           image_ids=np.arange(len(names)), file_names=[f"{n}.jpg" for n in names],
-                           caption_ids=np.arange(len(names)), caption_image=np.arange(len(names)),
-                           captions=["x"] * len(names))
+    split = CaptionedSplit(
+        name="odd",
+        annotation_file=tmp_path / "ann.json",
+        image_dir=folder,
+        image_ids=np.arange(len(names)),
+        file_names=[f"{n}.jpg" for n in names],
+        caption_ids=np.arange(len(names)),
+        caption_image=np.arange(len(names)),
+        captions=["x"] * len(names),
+    )
     (tmp_path / "ann.json").write_text("{}")
     cache = tmp_path / "cache"
     with caplog.at_level("WARNING"):
@@ -170,10 +178,18 @@ def photo_like(w, h, seed):
 
 # COCO-like sizes, baseline and progressive, 4:4:4 and 4:2:0 chroma; a draft decode (libjpeg's 1/2-1/8 scaling)
 # would touch those with a short side >= 2 x size: at 256 px the large ones, at the demo's 72 px nearly all
-PHOTOS = {"640x480": (640, 480, {}), "480x640": (480, 640, {}), "1024x768": (1024, 768, {}),
-          "2048x1536": (2048, 1536, {}), "612x612": (612, 612, {}), "500x375": (500, 375, {}),
-          "300x200": (300, 200, {}), "1024x768_progressive": (1024, 768, {"progressive": True}),
-          "1024x768_444": (1024, 768, {"subsampling": 0}), "1024x768_420": (1024, 768, {"subsampling": 2})}
+PHOTOS = {
+    "640x480": (640, 480, {}),
+    "480x640": (480, 640, {}),
+    "1024x768": (1024, 768, {}),
+    "2048x1536": (2048, 1536, {}),
+    "612x612": (612, 612, {}),
+    "500x375": (500, 375, {}),
+    "300x200": (300, 200, {}),
+    "1024x768_progressive": (1024, 768, {"progressive": True}),
+    "1024x768_444": (1024, 768, {"subsampling": 0}),
+    "1024x768_420": (1024, 768, {"subsampling": 2}),
+}
 
 
 @pytest.fixture(scope="module")
@@ -185,8 +201,9 @@ def photos(tmp_path_factory):
     folder = tmp_path_factory.mktemp("photos")
     for seed, (name, (w, h, options)) in enumerate(PHOTOS.items()):
         photo_like(w, h, seed).save(folder / f"{name}.jpg", quality=90, **options)
-    return [folder / f"{name}.jpg" for name in PHOTOS] + [Path(matplotlib.get_data_path()) / "sample_data" /
-                                                           "grace_hopper.jpg"]
+    return [folder / f"{name}.jpg" for name in PHOTOS] + [
+        Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    ]
 
 
 def gpu_path(files, size, folder, device):
@@ -196,19 +213,27 @@ def gpu_path(files, size, folder, device):
 
     path = folder / f"gpu_{size}.npy"
     np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(len(files), size, size, 3)).flush()
-    bad = image_cache._fill_gpu(path, [str(f) for f in files], size, torch.device(device),
-                                SimpleNamespace(update=lambda n: None), readers=1)
+    bad = image_cache._fill_gpu(
+        path, [str(f) for f in files], size, torch.device(device), SimpleNamespace(update=lambda n: None), readers=1
+    )
     assert bad == []
     return np.load(path)
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a GPU (nvJPEG)"))])
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (nvJPEG)")),
+    ],
+)
 @pytest.mark.parametrize("size", [256, 72])  # the COCO cache and the demo's
 def test_cpu_path_matches_the_gpu_path_on_photo_like_jpegs(photos, tmp_path, size, device):
     gpu = gpu_path(photos, size, tmp_path, device).astype(np.int16)
-    mad = {f.stem: round(float(np.abs(image_cache.decode_pil(f, size).astype(np.int16) - gpu[k]).mean()), 3)
-           for k, f in enumerate(photos)}
+    mad = {
+        f.stem: round(float(np.abs(image_cache.decode_pil(f, size).astype(np.int16) - gpu[k]).mean()), 3)
+        for k, f in enumerate(photos)
+    }
     assert max(mad.values()) <= 1.0, f"mean absolute difference per image, grey levels: {mad}"
 
 
@@ -260,9 +285,15 @@ def test_an_interrupted_build_leaves_nothing_a_later_run_trusts(demo_root, tmp_p
 
 # PIL's exif_transpose turns orientation o upright with METHOD[o]; storing the upright picture turned by the inverse,
 # tagged o, gives a file that must come out upright again
-METHOD = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-          5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-          8: Image.Transpose.ROTATE_90}
+METHOD = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 INVERSE = {**METHOD, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}
 QUADRANTS = ((255, 0, 0), (0, 200, 0), (0, 0, 255), (240, 240, 0))  # top-left, top-right, bottom-left, bottom-right
 
@@ -270,12 +301,17 @@ QUADRANTS = ((255, 0, 0), (0, 200, 0), (0, 0, 255), (240, 240, 0))  # top-left, 
 def upright_picture(w=96, h=64):
     pixels = np.zeros((h, w, 3), np.uint8)
     for k, colour in enumerate(QUADRANTS):
-        pixels[(k // 2) * h // 2:(k // 2 + 1) * h // 2, (k % 2) * w // 2:(k % 2 + 1) * w // 2] = colour
+        pixels[(k // 2) * h // 2 : (k // 2 + 1) * h // 2, (k % 2) * w // 2 : (k % 2 + 1) * w // 2] = colour
     return Image.fromarray(pixels)
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a GPU (nvJPEG)"))])
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (nvJPEG)")),
+    ],
+)
 def test_exif_rotated_jpegs_come_out_upright_on_both_paths(tmp_path, device):
     files = []
     for o in range(1, 9):

@@ -2,19 +2,17 @@
 each non-COCO dataset format end to end whose result file names its protocol and gallery."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from formats import write_flickr8k, write_karpathy
 
 from clip_lab.__main__ import main
 from clip_lab.data.datamodule import RetrievalData
+from clip_lab.data.protocols import PROTOCOLS, resolve_protocol
 from clip_lab.errors import ClipLabError
 from clip_lab.eval.metrics import embedding_retrieval_metrics, folded_retrieval_metrics
-from clip_lab.data.protocols import PROTOCOLS, resolve_protocol
-from formats import write_flickr8k, write_karpathy
 from clip_lab.files import CONFIGS
-
 
 
 def test_folds_are_galleries_of_their_own():
@@ -53,9 +51,20 @@ def test_protocol_follows_the_dataset_and_refuses_the_wrong_one():
 def test_karpathy_coco_trains_on_train_restval_validates_on_val_and_caps_test_captions(tmp_path, text_model):
     root = tmp_path / "coco"
     expected = write_karpathy(root, "coco")
-    dm = RetrievalData(dataset="coco_karpathy", data_root=str(root), text_model=text_model, max_length=32,
-                       cache_dir=str(tmp_path / "cache"), image_size=32, cache_image_size=40, num_workers=0,
-                       train_split="train+restval", val_split="val", test_split="test", val_images=0)
+    dm = RetrievalData(
+        dataset="coco_karpathy",
+        data_root=str(root),
+        text_model=text_model,
+        max_length=32,
+        cache_dir=str(tmp_path / "cache"),
+        image_size=32,
+        cache_image_size=40,
+        num_workers=0,
+        train_split="train+restval",
+        val_split="val",
+        test_split="test",
+        val_images=0,
+    )
     assert dm.protocol.name == "coco5k" and dm.split_names() == ["train+restval", "val", "test"]
     assert dm.eval_split("val") == "val" and dm.eval_split("test") == "test"
     dm.prepare_data()  # image and caption caches of the three splits
@@ -77,12 +86,49 @@ def test_fit_and_test_on_a_flickr_format_end_to_end(dataset, tmp_path, text_mode
     root = tmp_path / dataset
     expected = write_flickr8k(root) if dataset == "flickr8k" else write_karpathy(root, "flickr30k")
     results = tmp_path / "results"
-    common = ["--results_dir", str(results), "--data.dataset", dataset, "--data.data_root", str(root),
-              "--data.text_model", text_model, "--data.cache_dir", str(tmp_path / "cache"), "--data.num_workers", "0",
-              "--data.train_split", "train", "--data.val_split", "val", "--data.test_split", "test",
-              "--data.image_size", "32", "--data.cache_image_size", "40", "--data.batch_size", "4"]
-    assert main(["fit", "-c", str(CONFIGS / "coco.yaml"), "-c", str(CONFIGS / "demo.yaml"), "--run", "r", *common,
-                 "--trainer.max_epochs", "1"]) == 0
+    common = [
+        "--results_dir",
+        str(results),
+        "--data.dataset",
+        dataset,
+        "--data.data_root",
+        str(root),
+        "--data.text_model",
+        text_model,
+        "--data.cache_dir",
+        str(tmp_path / "cache"),
+        "--data.num_workers",
+        "0",
+        "--data.train_split",
+        "train",
+        "--data.val_split",
+        "val",
+        "--data.test_split",
+        "test",
+        "--data.image_size",
+        "32",
+        "--data.cache_image_size",
+        "40",
+        "--data.batch_size",
+        "4",
+    ]
+    assert (
+        main(
+            [
+                "fit",
+                "-c",
+                str(CONFIGS / "coco.yaml"),
+                "-c",
+                str(CONFIGS / "demo.yaml"),
+                "--run",
+                "r",
+                *common,
+                "--trainer.max_epochs",
+                "1",
+            ]
+        )
+        == 0
+    )
     run = results / "r"
     assert main(["test", "-c", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints" / "best.ckpt")]) == 0
     result = json.loads((run / "test_metrics.json").read_text())
@@ -99,8 +145,10 @@ def test_a_gallery_off_the_published_size_says_why():
     flickr = PROTOCOLS["flickr1k"]
     subset = flickr.record(150, 750, split_images=150)
     assert subset["published_size"] is False and subset["unreadable_skipped"] == 0
-    assert subset["size_note"] == ("the test split has 150 images, not the 1,000 of protocol flickr1k (a subset of "
-                                   "the dataset, another split, or other data in its layout)")
+    assert subset["size_note"] == (
+        "the test split has 150 images, not the 1,000 of protocol flickr1k (a subset of "
+        "the dataset, another split, or other data in its layout)"
+    )
     skipped = flickr.record(997, 4985, split_images=1000, unreadable=3)
     assert skipped["size_note"] == "3 unreadable images of the split were skipped"
     both = flickr.record(147, 735, split_images=150, unreadable=3)

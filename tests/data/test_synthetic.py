@@ -3,8 +3,14 @@
 import json
 
 import torch
-from transformers import (AutoConfig, AutoTokenizer, CLIPImageProcessor, CLIPTextConfig, CLIPTextModelWithProjection,
-                          CLIPVisionModelWithProjection)
+from transformers import (
+    AutoConfig,
+    AutoTokenizer,
+    CLIPImageProcessor,
+    CLIPTextConfig,
+    CLIPTextModelWithProjection,
+    CLIPVisionModelWithProjection,
+)
 
 from clip_lab.data.synthetic import make_clip_model, vocabulary
 from clip_lab.models.text import TextEncoder
@@ -16,8 +22,15 @@ def format_1_text_tower(seed: int) -> CLIPTextModelWithProjection:
     """The demo's text tower as format 1 (the text-only `clip_text_tiny`) drew it; frozen here on purpose."""
     vocab = {w: i for i, w in enumerate(vocabulary())}
     config = CLIPTextConfig(
-        vocab_size=len(vocab), hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=32, projection_dim=128, bos_token_id=vocab["<bos>"], eos_token_id=vocab["<eos>"],
+        vocab_size=len(vocab),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=32,
+        projection_dim=128,
+        bos_token_id=vocab["<bos>"],
+        eos_token_id=vocab["<eos>"],
         pad_token_id=vocab["<pad>"],
     )
     torch.manual_seed(seed)
@@ -34,8 +47,9 @@ def test_text_tower_is_bit_identical_to_the_format_1_demo_model(tmp_path):
     old = tmp_path / "clip_text_tiny"
     format_1_text_tower(seed=3).save_pretrained(old)
     AutoTokenizer.from_pretrained(tmp_path / "clip").save_pretrained(old)
-    assert torch.equal(TextEncoder(str(tmp_path / "clip"), 32).encode(CAPTIONS),
-                       TextEncoder(str(old), 32).encode(CAPTIONS))
+    assert torch.equal(
+        TextEncoder(str(tmp_path / "clip"), 32).encode(CAPTIONS), TextEncoder(str(old), 32).encode(CAPTIONS)
+    )
 
 
 def test_folder_loads_as_a_full_clip(clip_model, demo_root):

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clip_lab.report.report import figures
-
-from clip_lab.jobs import search, zeroshot
 from clip_lab.__main__ import main
+from clip_lab.jobs import search, zeroshot
 from clip_lab.jobs.sweep import METRICS, summarize
+from clip_lab.report.report import figures
 
 VARIANTS = {"baseline": 0.30, "bn_head": 0.35}  # a variant's recall level (each seed a little off it)
 SHAPES = ["circle", "square", "triangle", "diamond", "cross"]
@@ -38,11 +37,17 @@ def fake_sweep(results, name="abl"):
             metrics = {k: level + 0.02 * seed for k in METRICS}
             (run / "test_metrics.json").write_text(json.dumps({"metrics": metrics}))
             runs.setdefault(v, []).append(run)
-    summary = summarize({v: [json.loads((d / "test_metrics.json").read_text())["metrics"] for d in dirs]
-                         for v, dirs in runs.items()})
-    (results / f"{name}.json").write_text(json.dumps(
-        {"seeds": [0, 1], "variants": {v: {"overlays": [], "runs": [str(d) for d in runs[v]], **summary[v]}
-                                       for v in runs}}))
+    summary = summarize(
+        {v: [json.loads((d / "test_metrics.json").read_text())["metrics"] for d in dirs] for v, dirs in runs.items()}
+    )
+    (results / f"{name}.json").write_text(
+        json.dumps(
+            {
+                "seeds": [0, 1],
+                "variants": {v: {"overlays": [], "runs": [str(d) for d in runs[v]], **summary[v]} for v in runs},
+            }
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +59,21 @@ def results(trained_run, tmp_path_factory):
     for name in ("metrics.csv", "config.yaml", "test_examples.json", "test_embeddings.pt"):
         shutil.copy(trained_run / name, run / name)
     ckpt = str(trained_run / "checkpoints" / "best.ckpt")
-    search.main(["--ckpt", ckpt, "--text", "a red circle", "--k", "5",
-                 "--out", str(run / "search" / "text-a-red-circle_val2014.json")])
-    zeroshot.main(["--ckpt", ckpt, "--images", "val2014", "--classes", *SHAPES,
-                   "--out", str(run / "zeroshot" / "val2014.json")])
+    search.main(
+        [
+            "--ckpt",
+            ckpt,
+            "--text",
+            "a red circle",
+            "--k",
+            "5",
+            "--out",
+            str(run / "search" / "text-a-red-circle_val2014.json"),
+        ]
+    )
+    zeroshot.main(
+        ["--ckpt", ckpt, "--images", "val2014", "--classes", *SHAPES, "--out", str(run / "zeroshot" / "val2014.json")]
+    )
     fake_sweep(results)
     return results
 
@@ -65,8 +81,15 @@ def results(trained_run, tmp_path_factory):
 def test_every_figure_is_written_as_png_and_pdf_with_a_caption(results, tmp_path, capsys):
     out = tmp_path / "figures"
     manifest = figures.main(["--results_dir", str(results), "--run", "t", "--ablations", "abl", "--out", str(out)])
-    assert set(manifest) == {"loss", "recall_ablations", "search_a-red-circle_val2014", "i2t_examples",
-                             "zeroshot_val2014", "similarity", "embeddings_pca"}
+    assert set(manifest) == {
+        "loss",
+        "recall_ablations",
+        "search_a-red-circle_val2014",
+        "i2t_examples",
+        "zeroshot_val2014",
+        "similarity",
+        "embeddings_pca",
+    }
     for name, entry in manifest.items():
         assert "missing" not in entry and entry["caption"].endswith("."), (name, entry)
         with Image.open(entry["png"]) as png:
@@ -85,10 +108,18 @@ def test_missing_inputs_are_entries_naming_their_command(tmp_path, capsys):
     out = tmp_path / "figures"
     assert main(["figures", "--results_dir", str(tmp_path / "results"), "--run", "r", "--out", str(out)]) == 0
     manifest = json.loads((out / "figures.json").read_text())
-    assert set(manifest) == {"loss", "recall_ablations", "search", "i2t_examples", "zeroshot", "similarity",
-                             "embeddings_pca"}
-    assert all(set(e) == {"missing", "command"} and e["command"].startswith("python -m clip_lab ")
-               for e in manifest.values())
+    assert set(manifest) == {
+        "loss",
+        "recall_ablations",
+        "search",
+        "i2t_examples",
+        "zeroshot",
+        "similarity",
+        "embeddings_pca",
+    }
+    assert all(
+        set(e) == {"missing", "command"} and e["command"].startswith("python -m clip_lab ") for e in manifest.values()
+    )
     assert "fit -c configs/coco.yaml --run r" in manifest["loss"]["command"]
     assert "sweep -c configs/coco.yaml --seeds 3 --name ablations" in manifest["recall_ablations"]["command"]
     assert f"search --ckpt {tmp_path / 'results' / 'r' / 'checkpoints' / 'best.ckpt'}" in manifest["search"]["command"]
@@ -109,8 +140,10 @@ def test_gone_images_are_named_and_broken_files_missing_entries(results, tmp_pat
     (run / "search").mkdir()
     (run / "search" / "text-sport_val2014.json").write_text(json.dumps({"query": {"text": "sport"}, "results": []}))
     manifest = figures.main(["--results_dir", str(tmp_path / "results"), "--run", "t", "--out", str(tmp_path / "f")])
-    for name, items in (("i2t_examples", examples["retrieval"][:figures.TEXT_ROWS]),
-                        ("similarity", examples["similarity"]["images"])):
+    for name, items in (
+        ("i2t_examples", examples["retrieval"][: figures.TEXT_ROWS]),
+        ("similarity", examples["similarity"]["images"]),
+    ):
         entry = manifest[name]  # drawn, but never silently: the grey squares are named
         assert "png" in entry and entry["images_not_found"] == [item["file"] for item in items]
         assert f"{len(items)} of its pictures could not be found" in entry["caption"]

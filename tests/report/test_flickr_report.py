@@ -8,12 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from clip_lab.report.report import figures, report
-from clip_lab.__main__ import main
 from formats import write_flickr8k
-from clip_lab.files import CONFIGS
 
+from clip_lab.__main__ import main
+from clip_lab.files import CONFIGS
+from clip_lab.report.report import figures, report
 
 
 @pytest.fixture(scope="module")
@@ -23,12 +22,43 @@ def flickr(tmp_path_factory, text_model):
     root = tmp / "flickr8k"
     expected = write_flickr8k(root)
     results = tmp / "results"
-    common = ["--results_dir", str(results), "--data.data_root", str(root), "--data.text_model", text_model,
-              "--data.cache_dir", str(tmp / "cache"), "--data.num_workers", "0", "--data.image_size", "32",
-              "--data.cache_image_size", "40", "--data.batch_size", "4"]
-    assert main(["fit", "-c", str(CONFIGS / "coco.yaml"), "-c", str(CONFIGS / "demo.yaml"),
-                 "-c", str(CONFIGS / "datasets" / "flickr8k.yaml"), "--run", "fl", *common,
-                 "--trainer.max_epochs", "2"]) == 0
+    common = [
+        "--results_dir",
+        str(results),
+        "--data.data_root",
+        str(root),
+        "--data.text_model",
+        text_model,
+        "--data.cache_dir",
+        str(tmp / "cache"),
+        "--data.num_workers",
+        "0",
+        "--data.image_size",
+        "32",
+        "--data.cache_image_size",
+        "40",
+        "--data.batch_size",
+        "4",
+    ]
+    assert (
+        main(
+            [
+                "fit",
+                "-c",
+                str(CONFIGS / "coco.yaml"),
+                "-c",
+                str(CONFIGS / "demo.yaml"),
+                "-c",
+                str(CONFIGS / "datasets" / "flickr8k.yaml"),
+                "--run",
+                "fl",
+                *common,
+                "--trainer.max_epochs",
+                "2",
+            ]
+        )
+        == 0
+    )
     run = results / "fl"
     assert main(["test", "-c", str(run / "config.yaml")]) == 0  # its best checkpoint, found by itself
     ckpt = str(run / "checkpoints" / "best.ckpt")
@@ -39,8 +69,9 @@ def flickr(tmp_path_factory, text_model):
 
 def run_report(flickr, *extra):
     out = flickr["tmp"] / "report" / "fl" / "report.md"
-    result = report.main(["--results_dir", str(flickr["results"]), "--run", "fl", "--out", str(out), "--no_pdf",
-                          *extra])
+    result = report.main(
+        ["--results_dir", str(flickr["results"]), "--run", "fl", "--out", str(out), "--no_pdf", *extra]
+    )
     return out, result
 
 
@@ -98,14 +129,20 @@ def test_the_report_describes_this_run_and_its_data(flickr):
     assert "unreadable" not in tested
     zeroshot = result["blocks"]["zeroshot"]
     assert "`red`, `green`, `blue`" in zeroshot and "no ground truth" in zeroshot.lower()
-    assert '"a red circle"' in result["blocks"]["query"] and "search_a-red-circle_flickr8k_test" in result["blocks"][
-        "query"]
+    assert (
+        '"a red circle"' in result["blocks"]["query"]
+        and "search_a-red-circle_flickr8k_test" in result["blocks"]["query"]
+    )
 
 
 def test_every_command_the_report_suggests_works_as_printed(flickr, monkeypatch):
     _, result = run_report(flickr)
-    printed = [line.removeprefix("> ").strip() for b in result["blocks"].values() for line in b.splitlines()
-               if line.startswith("> python -m clip_lab ")]
+    printed = [
+        line.removeprefix("> ").strip()
+        for b in result["blocks"].values()
+        for line in b.splitlines()
+        if line.startswith("> python -m clip_lab ")
+    ]
     jobs = {shlex.split(c)[3] for c in printed}
     assert jobs == {"baselines", "sweep"}, printed  # what this run still lacks
     monkeypatch.chdir(Path(__file__).resolve().parents[2])  # the commands are relative to the repository
@@ -122,11 +159,23 @@ def test_every_command_the_report_suggests_works_as_printed(flickr, monkeypatch)
 
 def test_a_report_of_another_run_is_its_own_file_and_reusing_a_file_says_so(flickr, caplog):
     out, _ = run_report(flickr)
-    other = report.main(["--results_dir", str(flickr["results"]), "--run", "nothing_yet", "--no_pdf",
-                         "--out", str(flickr["tmp"] / "report" / "nothing_yet" / "report.md")])
+    other = report.main(
+        [
+            "--results_dir",
+            str(flickr["results"]),
+            "--run",
+            "nothing_yet",
+            "--no_pdf",
+            "--out",
+            str(flickr["tmp"] / "report" / "nothing_yet" / "report.md"),
+        ]
+    )
     assert "(run `nothing_yet`)" in Path(other["report"]).read_text() and "(run `fl`)" in out.read_text()
-    assert any("no run 'nothing_yet'" in r.message and "fl" in r.message.split("runs there: ")[1].rstrip(")").split(
-        ")")[0].split(", ") for r in caplog.records)
+    assert any(
+        "no run 'nothing_yet'" in r.message
+        and "fl" in r.message.split("runs there: ")[1].rstrip(")").split(")")[0].split(", ")
+        for r in caplog.records
+    )
     assert (out.parent / "figures" / "zeroshot_test_red-green-blue.png").is_file()
     assert (out.parent / "tables" / "test_recall.tex").is_file()
     report.main(["--results_dir", str(flickr["results"]), "--run", "nothing_yet", "--out", str(out), "--no_pdf"])

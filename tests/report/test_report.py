@@ -16,16 +16,24 @@ REPORT_ARGS = ["--no_figures"]  # figures have their own tests; here the report 
 
 
 def test_empty_results_give_a_report_that_names_each_missing_command(tmp_path):
-    out = main(["--results_dir", str(tmp_path / "results"), "--out", str(tmp_path / "report" / "report.md"),
-                *REPORT_ARGS])
+    out = main(
+        ["--results_dir", str(tmp_path / "results"), "--out", str(tmp_path / "report" / "report.md"), *REPORT_ARGS]
+    )
     text = (tmp_path / "report" / "report.md").read_text()
     assert out["missing"] == 9  # every block but the title
     assert "python -m clip_lab baselines -c configs/coco.yaml --name baselines" in text
     assert "python -m clip_lab fit -c configs/coco.yaml --run baseline" in text
     assert "python -m clip_lab sweep -c configs/coco.yaml --seeds 3 --name ablations" in text
     assert "python -m clip_lab figures" in text
-    for section in ("## 1. Introduction", "## 2. Methodology", "## 3. Results", "## 4. Discussion",
-                    "## 5. Conclusion", "## Appendix", "## Reflection on the use of LLMs"):
+    for section in (
+        "## 1. Introduction",
+        "## 2. Methodology",
+        "## 3. Results",
+        "## 4. Discussion",
+        "## 5. Conclusion",
+        "## Appendix",
+        "## Reflection on the use of LLMs",
+    ):
         assert section in text
 
 
@@ -49,12 +57,14 @@ def fake_sweep(results, trained_run, epochs=None):
             runs[variant].append(run)
     from clip_lab.jobs.sweep import summarize
 
-    summary = summarize({v: [json.loads((d / "test_metrics.json").read_text())["metrics"] for d in dirs]
-                         for v, dirs in runs.items()})
+    summary = summarize(
+        {v: [json.loads((d / "test_metrics.json").read_text())["metrics"] for d in dirs] for v, dirs in runs.items()}
+    )
     for variant, dirs in runs.items():
         summary[variant]["runs"] = [str(d) for d in dirs]
-    (results / "ablations.json").write_text(json.dumps({"seeds": [0, 1], "order": ["baseline", "bn_head"],
-                                                        "variants": summary}))
+    (results / "ablations.json").write_text(
+        json.dumps({"seeds": [0, 1], "order": ["baseline", "bn_head"], "variants": summary})
+    )
 
 
 def test_report_fills_tables_from_runs_and_keeps_the_students_text(trained_run, tmp_path):
@@ -69,8 +79,10 @@ def test_report_fills_tables_from_runs_and_keeps_the_students_text(trained_run, 
     std, first = metrics["metrics"], metrics["first_caption"]["metrics"]
     assert f"| image → text R@1 | {100 * std['i2t_R@1']:.1f} | {100 * first['i2t_R@1']:.1f} |" in text
     assert "torchvision `resnet18`" in text and "symmetric InfoNCE" in text
-    assert "validate on 64 images of val2014 (a fixed seeded subset) — the checkpoint is chosen on images the test " \
-           "also evaluates" in text  # the lab's COCO 2014 set-up has no third split: said, not hidden
+    assert (
+        "validate on 64 images of val2014 (a fixed seeded subset) — the checkpoint is chosen on images the test "
+        "also evaluates" in text
+    )  # the lab's COCO 2014 set-up has no third split: said, not hidden
     assert "| bn_head |" in text and "| +60.0 (" in text  # Δ R-sum 2.7 - 2.1 in %, then 2 SE
     assert "| t | 1 x " in text  # the training-time table read run_stats.json
     for table in ("test_recall", "ablations", "training_time"):
@@ -108,8 +120,9 @@ def lab_outputs(trained_run, tmp_path_factory):
     results = tmp_path_factory.mktemp("lab") / "results"
     shutil.copytree(trained_run, results / "t")
     ckpt = str(results / "t" / "checkpoints" / "best.ckpt")
-    zeroshot.main(["--ckpt", ckpt, "--images", "val2014", "--classes", "circle", "square", "triangle", "diamond",
-                   "cross"])
+    zeroshot.main(
+        ["--ckpt", ckpt, "--images", "val2014", "--classes", "circle", "square", "triangle", "diamond", "cross"]
+    )
     time.sleep(0.05)  # distinct modification times: "newest" must not depend on the clock's resolution
     zeroshot.main(["--ckpt", ckpt, "--images", "val2014", "--classes", "person", "animal", "landscape"])
     search.main(["--ckpt", ckpt, "--text", "a red circle", "--k", "5"])
@@ -125,8 +138,9 @@ def test_zero_shot_and_the_query_have_their_own_sections(lab_outputs, tmp_path):
     assert "none of these images' true classes is among the classes" in newest and "Accuracy" not in newest
     shapes = main([*args, "--zeroshot", "val2014_circle-square-triangle-diamond-cross"])["blocks"]
     block = shapes["zeroshot"]
-    result = json.loads((lab_outputs / "t" / "zeroshot" / "val2014_circle-square-triangle-diamond-cross.json")
-                        .read_text())
+    result = json.loads(
+        (lab_outputs / "t" / "zeroshot" / "val2014_circle-square-triangle-diamond-cross.json").read_text()
+    )
     assert f"**Accuracy {100 * result['accuracy']:.1f} %** against a chance of {100 * result['chance']:.1f} %" in block
     # the confusion matrix, counted here from the predictions of the images with one shape
     single = [p for p in result["predictions"] if len(set(p["truth"])) == 1]
@@ -174,9 +188,13 @@ def test_a_pdf_is_written_when_pandoc_and_an_engine_are_installed(tmp_path, monk
     assert sorted(p.name for p in out.parent.iterdir() if p.is_file()) == ["report.md", "report.pdf"]
 
 
-@pytest.mark.skipif(not (__import__("shutil").which("pandoc") and any(
-    __import__("shutil").which(e) for e in ("xelatex", "lualatex", "weasyprint", "wkhtmltopdf", "pdflatex"))),
-    reason="pandoc and a PDF engine are not installed")
+@pytest.mark.skipif(
+    not (
+        __import__("shutil").which("pandoc")
+        and any(__import__("shutil").which(e) for e in ("xelatex", "lualatex", "weasyprint", "wkhtmltopdf", "pdflatex"))
+    ),
+    reason="pandoc and a PDF engine are not installed",
+)
 def test_a_real_pdf_of_a_real_report(trained_run, tmp_path):
     results = tmp_path / "results"
     shutil.copytree(trained_run, results / "t")
