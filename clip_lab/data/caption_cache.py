@@ -23,19 +23,29 @@ CACHE_VERSION = 1  # bump when the layout or the meaning of the stored embedding
 def caption_cache_path(cache_dir: str | Path, split: CaptionedSplit, text_model: str, max_length: int) -> Path:
     """`captions_<split>_<fingerprint>_<model slug>_L<max_length>.pt`: the fingerprint keeps other data's same-named
     splits (the demo's val2014 and COCO's) in files of their own."""
-    return Path(cache_dir) / f"captions_{split.name}_{split.fingerprint}_{name_slug(text_model)}_L{max_length}.pt"
+    return split.cache_file(cache_dir, "captions", name_slug(text_model), f"L{max_length}")
 
 
 def expected_meta(split: CaptionedSplit, text_model: str, max_length: int) -> dict[str, Any]:
     """Everything the cached embeddings depend on; a cache whose metadata differs is stale and gets rebuilt."""
+    encoder = {"text_model": text_model, "text_model_fingerprint": text_model_fingerprint(text_model)}
+    return _meta(split, encoder | {"max_length": max_length})
+
+
+def checkpoint_caption_cache(cache_dir: str | Path, split: CaptionedSplit, checkpoint_sha256: str) -> tuple[Path, dict]:
+    """(path, metadata) of the caption cache of a checkpoint's own trained text encoder, named and checked by the
+    checkpoint's content hash."""
+    path = split.cache_file(cache_dir, "captions", f"ckpt{checkpoint_sha256[:16]}")
+    return path, _meta(split, {"checkpoint_sha256": checkpoint_sha256})
+
+
+def _meta(split: CaptionedSplit, encoder: dict[str, Any]) -> dict[str, Any]:
     return {
         "version": CACHE_VERSION,
         "split": split.name,
         "fingerprint": split.fingerprint,
         "annotation_sha256": split.annotation_sha256,
-        "text_model": text_model,
-        "text_model_fingerprint": text_model_fingerprint(text_model),
-        "max_length": max_length,
+        **encoder,
         "n_captions": len(split.captions),
     }
 

@@ -23,7 +23,6 @@ from clip_lab.data.protocols import Protocol, resolve_protocol
 from clip_lab.data.sampling import PairBatchSampler, Pairs
 from clip_lab.data.split import CaptionedSplit
 from clip_lab.errors import ClipLabError
-from clip_lab.eval.metrics import folded_retrieval_metrics
 from clip_lab.models.text import DEFAULT_TEXT_MODEL, TextEncoder, text_embed_dim
 
 log = logging.getLogger(__name__)
@@ -185,7 +184,7 @@ class RetrievalData(L.LightningDataModule):
             return self.caption_embeddings(name)
         if self.tokenizer is None:
             raise RuntimeError(
-                "data.text_encoder is set but no tokenizer was given: the model's setup calls use_tokenizer"
+                "data.text_encoder is set but no tokenizer was given: the CLI's connect_text calls use_tokenizer"
             )
         if name not in self.tokens:
             self.tokens[name] = self.tokenizer(self.split(name).captions)
@@ -233,20 +232,6 @@ class RetrievalData(L.LightningDataModule):
                 "retrieval_targets: token rows need `embed` (the trained text encoder); cached embeddings take none"
             )
         return rows if embed is None else embed(rows), torch.from_numpy(position[split.caption_image[captions]])
-
-    def retrieval_metrics(
-        self, stage: str, image_emb: Tensor, targets: tuple[Tensor, Tensor] | None = None
-    ) -> dict[str, float]:
-        """Recall and ranks of `image_emb` (the images of `eval_images(stage)`, in that order) against their captions
-        (`targets`: `retrieval_targets(stage, ...)`, computed here for cached embeddings when not given), under the
-        test protocol for test (its folds) and over the one validation gallery for validation; with the gallery's
-        `n_images` and `n_captions`."""
-        caption_emb, caption_image = targets if targets is not None else self.retrieval_targets(stage)
-        folds = self.protocol.folds if stage == "test" else 1  # validation ranks checkpoints: one gallery
-        metrics = folded_retrieval_metrics(
-            image_emb, caption_emb.to(image_emb.device), caption_image.to(image_emb.device), folds
-        )
-        return metrics | {"n_images": len(image_emb), "n_captions": len(caption_image)}
 
     def image_ref(self, split: CaptionedSplit, i: int) -> dict[str, Any]:
         """Where image `i` of `split` is found again for a picture: its file, and its row of the image cache."""

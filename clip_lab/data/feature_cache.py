@@ -25,7 +25,7 @@ CACHE_VERSION = 1  # bump when the layout or the meaning of the stored features 
 def feature_cache_path(cache_dir: str | Path, split: CaptionedSplit, model_name: str, size: int) -> Path:
     """`features_<split>_<fingerprint>_<model slug>_<size>.pt`, `size` being the image cache's square side the features
     come from, the fingerprint that of the split's data (as in the image cache's name)."""
-    return Path(cache_dir) / f"features_{split.name}_{split.fingerprint}_{name_slug(model_name)}_{size}.pt"
+    return split.cache_file(cache_dir, "features", name_slug(model_name), size)
 
 
 def expected_meta(split: CaptionedSplit, model_name: str, size: int) -> dict[str, Any]:

@@ -43,8 +43,9 @@ CHUNK = 256  # images per decode batch / pool task
 
 def image_cache_paths(cache_dir: str | Path, split: CaptionedSplit, size: int) -> tuple[Path, Path]:
     """(pixels `.npy`, metadata `.json`) of a split's cache at `size`, named by the split and its data's fingerprint."""
-    stem = Path(cache_dir) / f"images_{split.name}_{split.fingerprint}_{size}"
-    return stem.with_suffix(".npy"), stem.with_suffix(".json")
+    return split.cache_file(cache_dir, "images", size, suffix=".npy"), split.cache_file(
+        cache_dir, "images", size, suffix=".json"
+    )
 
 
 def image_ref(cache_dir: str | Path, split: CaptionedSplit, size: int, i: int) -> dict[str, Any]:

@@ -66,6 +66,11 @@ class CaptionedSplit:
             h.update(part.encode() + b"\0")  # a separator, so that no two lists of parts hash alike
         return h.hexdigest()[:12]
 
+    def cache_file(self, cache_dir: str | Path, kind: str, *parts: object, suffix: str = ".pt") -> Path:
+        """`<cache_dir>/<kind>_<split>_<fingerprint>_<part>_..<suffix>`: every cache of this split is named here, by
+        the split, its data's fingerprint and what else the cached values depend on (`parts`)."""
+        return Path(cache_dir) / ("_".join([kind, self.name, self.fingerprint, *map(str, parts)]) + suffix)
+
 
 def build_split(
     name: str,

@@ -19,6 +19,8 @@ import torch
 from torch import Tensor
 
 KS = (1, 5, 10)
+RECALL_KEYS = tuple(f"{d}_R@{k}" for d in ("i2t", "t2i") for k in KS)  # a results table's columns
+TABLE_KEYS = (*RECALL_KEYS, "rsum")
 
 
 def retrieval_metrics(

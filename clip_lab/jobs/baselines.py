@@ -24,10 +24,11 @@ import yaml
 from clip_lab.data.datamodule import RetrievalData
 from clip_lab.data.feature_cache import ensure_feature_cache
 from clip_lab.errors import ClipLabError
+from clip_lab.eval.scoring import score_split
+from clip_lab.eval.seeds import summarize
 from clip_lab.files import CONFIGS, save_json, save_text
-from clip_lab.jobs.sweep import ablation_table, summarize
 from clip_lab.models.image import HEADS
-from clip_lab.report.tables import markdown_table
+from clip_lab.report.tables import baselines_markdown
 from clip_lab.train.heads import Pairs, train_head
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows = torch.from_numpy(data.eval_images(stage))
         return features[data.eval_split(stage)][key][rows].float().to(device)
 
-    results = {PRETRAINED: [data.retrieval_metrics("test", view("test", "embeds"))]}  # CLIP's own image embedding
+    results = {PRETRAINED: [score_split(data, "test", view("test", "embeds"))]}  # CLIP's own image embedding
     details: dict[str, dict[str, list]] = {PRETRAINED: {}}
     split = data.split(hp.train_split)
     train = Pairs(
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 seed,
             )
             with torch.no_grad():
-                results[label].append(data.retrieval_metrics("test", run.model(test_features)))
+                results[label].append(score_split(data, "test", run.model(test_features)))
             for key, value in (("best_epoch", run.best_epoch), ("seconds", run.seconds), ("history", run.history)):
                 details[label][key].append(value)
             log.info(
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     path = Path(args.results_dir) / f"{args.name}.json"
     save_json(out, path)
-    table = markdown(out)
+    table = baselines_markdown(out)
     save_text(table, path.with_suffix(".md"))
     print(f"\n{table}\nwritten: {path} and {path.with_suffix('.md')}")
     return out
@@ -185,22 +186,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def val_rsum(data: RetrievalData, model: torch.nn.Module, features: torch.Tensor) -> float:
     """The validation R-sum of a head: the score that picks its best epoch."""
     with torch.no_grad():
-        return data.retrieval_metrics("val", model(features))["rsum"]
-
-
-def table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """(headers, rows): pretrained / linear head / MLP head, test recall in %, differences to the pretrained row."""
-    headers, rows = ablation_table(result["variants"], result["order"], result["base"])
-    headers[0], headers[-2] = "model", "Δ R-sum vs pretrained (2 SE)"
-    return headers, rows
-
-
-def markdown(result: dict[str, Any]) -> str:
-    """The baselines table with its protocol and what each row is."""
-    p = result["protocol"]
-    return (
-        f"{result['dataset']} {result['split']}, protocol {p['name']} ({p['gallery_images']:,} images, "
-        f"{p['gallery_captions']:,} captions); CLIP model `{result['clip_model']}`, both towers frozen. Test recall "
-        f"in %; heads: mean ± std over seeds {result['heads']['seeds']}, {result['heads']['epochs']} epochs, the "
-        "best validation epoch.\n\n" + markdown_table(*table(result)) + "\n"
-    )
+        return score_split(data, "val", model(features))["rsum"]

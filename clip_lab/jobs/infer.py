@@ -231,8 +231,7 @@ def image_gallery(ckpt: Checkpoint, split: CaptionedSplit) -> tuple[Tensor, np.n
     """
     hp = ckpt.data
     size = hp["cache_image_size"]
-    name = f"gallery_{split.name}_{split.fingerprint}_{size}_crop{hp['image_size']}_{ckpt.sha256[:16]}.pt"
-    path = Path(hp["cache_dir"]) / name
+    path = split.cache_file(hp["cache_dir"], "gallery", size, f"crop{hp['image_size']}", ckpt.sha256[:16])
     meta = {
         "version": GALLERY_VERSION,
         "checkpoint_sha256": ckpt.sha256,
@@ -271,15 +270,7 @@ def caption_gallery(ckpt: Checkpoint, split: CaptionedSplit) -> tuple[Tensor, Pa
         )
         meta = caption_cache.expected_meta(split, hp["text_model"], hp["max_length"])
         return caption_cache.caption_embeddings(path, meta, split), path
-    path = Path(hp["cache_dir"]) / f"captions_{split.name}_{split.fingerprint}_ckpt{ckpt.sha256[:16]}.pt"
-    meta = {
-        "version": caption_cache.CACHE_VERSION,
-        "split": split.name,
-        "fingerprint": split.fingerprint,
-        "annotation_sha256": split.annotation_sha256,
-        "checkpoint_sha256": ckpt.sha256,
-        "n_captions": len(split.captions),
-    }
+    path, meta = caption_cache.checkpoint_caption_cache(hp["cache_dir"], split, ckpt.sha256)
     if caption_cache.load_caption_cache(path, meta, split) is None:
         caption_cache.build_caption_cache(split, text_encoder(ckpt), path, meta, hp["text_batch_size"])
     return caption_cache.caption_embeddings(path, meta, split), path

@@ -15,22 +15,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import shutil
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from clip_lab.errors import ClipLabError
+from clip_lab.eval.seeds import summarize
 from clip_lab.files import CONFIGS, save_json, save_text
-from clip_lab.report.tables import markdown_table
+from clip_lab.report.tables import sweep_markdown
 from clip_lab.train import cli
 
 log = logging.getLogger(__name__)
 
 ABLATIONS = CONFIGS / "ablations"
 DEFAULT_VARIANTS = ("baseline", "bn_head", "augment", "bn_head+augment", "freeze_stem")
-METRICS = ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "rsum")
 
 
 def overlays(variant: str) -> list[Path]:
@@ -77,79 +75,6 @@ def run_variant(variant: str, seed: int, args: argparse.Namespace) -> Path:
     )
     cli.main(["test", "-c", str(run_dir / "config.yaml"), "--ckpt_path", str(run_dir / "checkpoints" / "best.ckpt")])
     return run_dir
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, float("nan")
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-
-
-def summarize(
-    results: dict[str, list[dict[str, float]]], base: str = "baseline", exact: Sequence[str] = ()
-) -> dict[str, Any]:
-    """Per variant (its test metrics, one dict per seed): each metric's values, mean and std over seeds, and its
-    difference to the `base` variant's. Variants in `exact` have no seed (a pretrained model evaluated once): their
-    spread is zero, not unknown."""
-    out: dict[str, Any] = {}
-    for variant, seeds in results.items():
-        metrics = {}
-        for key in METRICS:
-            values = [r[key] for r in seeds]
-            mean, std = mean_std(values)
-            std = 0.0 if variant in exact else std
-            metrics[key] = {"values": values, "mean": mean, "std": std}
-        out[variant] = {"metrics": metrics}
-    if base in out:
-        base_metrics = out[base]["metrics"]
-        for variant in out:
-            comparison = {}
-            for key in METRICS:
-                b, v = base_metrics[key], out[variant]["metrics"][key]
-                se = math.sqrt(b["std"] ** 2 / len(b["values"]) + v["std"] ** 2 / len(v["values"]))
-                diff = v["mean"] - b["mean"]
-                comparison[key] = {
-                    "diff": diff,
-                    "se": se,
-                    "beyond_spread": None if math.isnan(se) else bool(abs(diff) > 2 * se),
-                }
-            out[variant]["vs_baseline"] = comparison
-    return out
-
-
-def ablation_table(
-    summary: dict[str, Any], order: list[str] | None = None, base: str = "baseline"
-) -> tuple[list[str], list[list[str]]]:
-    """(headers, rows): test recall (%) as mean ± std per variant, its R-sum difference to the `base` variant with two
-    standard errors, and whether that difference is beyond the seed spread."""
-    headers = ["variant", *[k.replace("_", " ") for k in METRICS], "Δ R-sum (2 SE)", "beyond seed spread?"]
-    rows = []
-    for variant in order or list(summary):
-        v = summary[variant]
-        cells = [
-            f"{100 * m['mean']:.1f} ± {100 * m['std']:.1f}" if len(m["values"]) > 1 else f"{100 * m['mean']:.1f}"
-            for m in (v["metrics"][key] for key in METRICS)
-        ]
-        cmp = v.get("vs_baseline", {}).get("rsum")
-        if variant == base or cmp is None:
-            tail = ["", ""]
-        else:
-            verdict = {True: "**yes**", False: "no", None: "n/a (one seed)"}[cmp["beyond_spread"]]
-            se = "" if math.isnan(cmp["se"]) else f" ({200 * cmp['se']:.1f})"
-            tail = [f"{100 * cmp['diff']:+.1f}{se}", verdict]
-        rows.append([variant, *cells, *tail])
-    return headers, rows
-
-
-def markdown(summary: dict[str, Any], seeds: list[int], order: list[str] | None = None) -> str:
-    """The sweep's table in Markdown, with what its columns mean."""
-    return (
-        f"Test recall in % (standard protocol), mean ± std over seeds {seeds}; R-sum is the sum of the six.\n\n"
-        + markdown_table(*ablation_table(summary, order))
-        + "\n\nBeyond seed spread: |Δ| > 2 standard errors "
-        "of the difference of the means (2·sqrt(s_b²/n_b + s_v²/n_v)).\n"
-    )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -203,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     out = Path(args.results_dir) / f"{args.name}.json"
     save_json(result, out)
-    table = markdown(summary, seeds, args.variants)
+    table = sweep_markdown(summary, seeds, args.variants)
     save_text(table, out.with_suffix(".md"))
     print(f"\n{table}\nwritten: {out} and {out.with_suffix('.md')}")
     return result

@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 
 from clip_lab.files import atomic_path, save_json
-from clip_lab.jobs.sweep import DEFAULT_VARIANTS
 from clip_lab.report.commands import RunCommands
 
 log = logging.getLogger(__name__)
@@ -125,10 +124,19 @@ def image_label(name: str) -> str:
     return f"image {int(match.group(1))}" if match else wrap(stem, 18, 2)
 
 
-def variant_order(names: list[str]) -> list[str]:
-    """Baseline first, then the sweep's default order, then any others by name."""
-    rank = {v: i for i, v in enumerate(DEFAULT_VARIANTS)}
+def variant_order(names: list[str], order: list[str] | None = None) -> list[str]:
+    """The sweep's own order (`order`, as its summary records it) where it names them, then the baseline, then the
+    others by name."""
+    rank = {v: i for i, v in enumerate([*(order or []), "baseline"])}
     return sorted(names, key=lambda v: (rank.get(v, len(rank)), v))
+
+
+def sweep_order(ctx: Context) -> list[str]:
+    """The variant order the sweep's summary records, if it has one."""
+    try:
+        return list(json.loads(ctx.sweep_json.read_text()).get("order") or [])
+    except (OSError, ValueError, AttributeError):
+        return []
 
 
 # -- output --------------------------------------------------------------------------------------------------------
@@ -164,7 +172,7 @@ def loss_figure(ctx: Context) -> tuple[Any, str]:
         seed_curves = epoch_curves(csv_file)
         if seed_curves:
             sweep.setdefault(csv_file.parent.parent.name, []).append((csv_file.parent.name, seed_curves))
-    variants = variant_order(list(sweep))
+    variants = variant_order(list(sweep), sweep_order(ctx))
 
     panels = 1 + len(variants)
     cols = min(3, panels)
@@ -227,7 +235,7 @@ def recall_figure(ctx: Context) -> tuple[Any, str]:
     try:
         variants = {v: d["metrics"] for v, d in summary["variants"].items()}
         seeds = summary.get("seeds", [])
-        order = variant_order(list(variants))
+        order = variant_order(list(variants), summary.get("order"))
         stats = {
             v: {
                 k: (100 * variants[v][k]["mean"], 100 * variants[v][k]["std"])

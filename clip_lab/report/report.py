@@ -26,7 +26,13 @@ import yaml
 from clip_lab.data.datasets import data_title
 from clip_lab.files import save_text
 from clip_lab.report.commands import RunCommands
-from clip_lab.report.tables import latex_table, markdown_table
+from clip_lab.report.tables import (
+    ablation_table,
+    baselines_markdown,
+    baselines_table,
+    latex_table,
+    markdown_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -292,12 +298,11 @@ def baseline_results(
 ) -> str:
     if result is None:
         return missing(f"no reference baselines `{commands.results_dir}/{name}.json`", commands.baselines(name))
-    from clip_lab.jobs.baselines import markdown, table
 
     tables.write(
         "baselines",
         latex_table(
-            *table(result),
+            *baselines_table(result),
             f"Reference baselines on {result['split']} ({result['protocol']['name']}): test recall (%)",
             "tab:baselines",
         ),
@@ -311,7 +316,7 @@ def baseline_results(
             f"{test['protocol']['name']}): they do not compare with its numbers; for that run "
             f"`{commands.baselines(name)}`.\n\n"
         )
-    return other + markdown(result)
+    return other + baselines_markdown(result)
 
 
 def sweep_settings(summary: dict[str, Any], main_config: dict[str, Any] | None, main_run: str) -> str:
@@ -354,7 +359,6 @@ def sweep_settings(summary: dict[str, Any], main_config: dict[str, Any] | None, 
 def ablation_results(summary: dict[str, Any] | None, name: str, commands: RunCommands, tables: Tables) -> str:
     if summary is None:
         return missing(f"no ablation sweep `{commands.results_dir}/{name}.json`", commands.sweep(name))
-    from clip_lab.jobs.sweep import ablation_table
 
     headers, rows = ablation_table(summary["variants"], summary.get("order"))
     seeds = summary.get("seeds", [])

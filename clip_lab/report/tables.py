@@ -1,9 +1,12 @@
-"""One list of rows, two renderings: Markdown (README, report) and LaTeX (booktabs) tables."""
+"""Results tables (a sweep's, the baselines') as rows, and their two renderings: Markdown and LaTeX (booktabs)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
+
+from clip_lab.eval.metrics import TABLE_KEYS
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -48,4 +51,56 @@ def latex_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], caption: 
             r"\end{table}",
             "",
         ]
+    )
+
+
+def ablation_table(
+    summary: dict[str, Any], order: list[str] | None = None, base: str = "baseline"
+) -> tuple[list[str], list[list[str]]]:
+    """(headers, rows): test recall (%) as mean ± std per variant, its R-sum difference to the `base` variant with two
+    standard errors, and whether that difference is beyond the seed spread."""
+    headers = ["variant", *[k.replace("_", " ") for k in TABLE_KEYS], "Δ R-sum (2 SE)", "beyond seed spread?"]
+    rows = []
+    for variant in order or list(summary):
+        v = summary[variant]
+        cells = [
+            f"{100 * m['mean']:.1f} ± {100 * m['std']:.1f}" if len(m["values"]) > 1 else f"{100 * m['mean']:.1f}"
+            for m in (v["metrics"][key] for key in TABLE_KEYS)
+        ]
+        cmp = v.get("vs_baseline", {}).get("rsum")
+        if variant == base or cmp is None:
+            tail = ["", ""]
+        else:
+            verdict = {True: "**yes**", False: "no", None: "n/a (one seed)"}[cmp["beyond_spread"]]
+            se = "" if math.isnan(cmp["se"]) else f" ({200 * cmp['se']:.1f})"
+            tail = [f"{100 * cmp['diff']:+.1f}{se}", verdict]
+        rows.append([variant, *cells, *tail])
+    return headers, rows
+
+
+def sweep_markdown(summary: dict[str, Any], seeds: list[int], order: list[str] | None = None) -> str:
+    """The sweep's table in Markdown, with what its columns mean."""
+    return (
+        f"Test recall in % (standard protocol), mean ± std over seeds {seeds}; R-sum is the sum of the six.\n\n"
+        + markdown_table(*ablation_table(summary, order))
+        + "\n\nBeyond seed spread: |Δ| > 2 standard errors "
+        "of the difference of the means (2·sqrt(s_b²/n_b + s_v²/n_v)).\n"
+    )
+
+
+def baselines_table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """(headers, rows): pretrained / linear head / MLP head, test recall in %, differences to the pretrained row."""
+    headers, rows = ablation_table(result["variants"], result["order"], result["base"])
+    headers[0], headers[-2] = "model", "Δ R-sum vs pretrained (2 SE)"
+    return headers, rows
+
+
+def baselines_markdown(result: dict[str, Any]) -> str:
+    """The baselines table with its protocol and what each row is."""
+    p = result["protocol"]
+    return (
+        f"{result['dataset']} {result['split']}, protocol {p['name']} ({p['gallery_images']:,} images, "
+        f"{p['gallery_captions']:,} captions); CLIP model `{result['clip_model']}`, both towers frozen. Test recall "
+        f"in %; heads: mean ± std over seeds {result['heads']['seeds']}, {result['heads']['epochs']} epochs, the "
+        "best validation epoch.\n\n" + markdown_table(*baselines_table(result)) + "\n"
     )

@@ -17,7 +17,9 @@ from lightning.pytorch.loggers import CSVLogger
 
 from clip_lab.data.datamodule import RetrievalData
 from clip_lab.errors import ClipLabError
+from clip_lab.models.text_towers import LSTMTextTower
 from clip_lab.train.module import ARCHITECTURE, ClipLab, check_compatible
+from clip_lab.train.results import TestResults
 from clip_lab.train.runstats import RunStats
 from clip_lab.train.tracking import Tracking, check_options, hyperparameters
 
@@ -138,6 +140,13 @@ class ClipLabCLI(LightningCLI):
     def before_fit(self) -> None:
         # a split smaller than one batch would "train" zero steps and exit 0: stop before any cache is built
         self.datamodule.check_trainable(self.trainer.world_size)
+        connect_text(self.model, self.datamodule, fit=True)
+
+    def before_validate(self) -> None:
+        connect_text(self.model, self.datamodule)
+
+    def before_test(self) -> None:
+        connect_text(self.model, self.datamodule)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self.config_init[self.subcommand]
@@ -166,9 +175,24 @@ class ClipLabCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if self.subcommand == "fit":
             trainer.callbacks.append(RunStats())  # results/<run>/run_stats.json: hardware, time, images/s
+        if self.subcommand == "test":
+            trainer.callbacks.append(TestResults())  # results/<run>/test_metrics.json and the report's examples
         if self.subcommand == "test" and config.tracking.enabled:  # test/* to the run's trackers too
             trainer.callbacks.append(config.tracking.test_callback(run_dir))
         return trainer
+
+
+def connect_text(model: ClipLab, data: RetrievalData, fit: bool = False) -> None:
+    """Wire a trained text encoder to the data: batches then carry its token rows instead of cached embeddings.
+
+    Before a fit an LSTM's vocabulary is fitted to the training captions; a checkpoint being resumed or evaluated
+    brings its own, which replaces it when the checkpoint loads (the tokenizer reads the vocabulary at that time).
+    """
+    if model.text_tower is None:
+        return
+    if fit and isinstance(model.text_tower, LSTMTextTower) and not model.text_tower.vocabulary:
+        model.text_tower.fit_vocabulary(data.split(data.hparams.train_split).captions)
+    data.use_tokenizer(model.text_tower.tokenize)
 
 
 def main(argv: list[str] | None = None) -> ClipLabCLI:

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from clip_lab.data.sampling import PairBatchSampler
 from clip_lab.models.image import build_head
 from clip_lab.models.loss import InfoNCE
+from clip_lab.train.optim import adamw, clamp_logit_scale, warmup_cosine
 
 
 @dataclass
@@ -62,22 +63,19 @@ def train_head(
     hidden: int = 2048,
     seed: int = 0,
     max_logit_scale: float = 100.0,
+    warmup_fraction: float = 0.05,
 ) -> HeadRun:
-    """Train a `kind` head with symmetric InfoNCE (each image once per epoch with a random caption, as `fit` does),
-    AdamW (decay on matrices only) and a cosine schedule; keep the epoch whose `score` (validation R-sum) is best."""
+    """Train a `kind` head with symmetric InfoNCE (each image once per epoch with a random caption) and the
+    optimizer recipe of `fit` (`train.optim`: AdamW, warmup then cosine, the clamped temperature); keep the epoch
+    whose `score` (validation R-sum) is best."""
     device = train.features.device
     torch.manual_seed(seed)
     model = HeadModel(kind, train.features.shape[1], train.captions.shape[1], hidden).to(device)
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    rest = [p for p in model.parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=lr
-    )
+    optimizer = adamw(model.named_parameters(), lr, weight_decay)
     sampler = PairBatchSampler(
         train.caption_start, batch_size, "image", shuffle=True, drop_last=True, seed=seed, images=train.images
     )
-    total = max(1, epochs * len(sampler))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
+    scheduler = warmup_cosine(optimizer, epochs * len(sampler), warmup_fraction)
     loss_fn = InfoNCE()
     best, best_score, best_epoch, history = copy.deepcopy(model), -math.inf, -1, []
     t0 = time.perf_counter()
@@ -92,8 +90,7 @@ def train_head(
             loss.backward()
             optimizer.step()
             scheduler.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(max=math.log(max_logit_scale))
+            clamp_logit_scale(model.logit_scale, max_logit_scale)
             losses.append(loss.detach())
         model.eval()
         value = score(model)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -14,20 +13,16 @@ from torch import Tensor
 
 from clip_lab.errors import ClipLabError
 from clip_lab.eval.examples import test_examples
-from clip_lab.eval.metrics import embedding_retrieval_metrics
-from clip_lab.files import save_json, save_torch
+from clip_lab.eval.scoring import score_first_captions, score_split
 from clip_lab.models.image import ImageEncoder, build_head
 from clip_lab.models.loss import InfoNCE
 from clip_lab.models.text_towers import LSTMTextTower, build_text_tower
 from clip_lab.train.distributed import gather_rows, gather_with_grad
+from clip_lab.train.optim import adamw, clamp_logit_scale, warmup_cosine
 
 log = logging.getLogger(__name__)
 
-FIRST_CAPTION_PROTOCOL = (
-    "first caption only (what most course submissions report; NOT comparable with published numbers): each "
-    "image is paired with its first caption alone and recall is read off the diagonal of that square matrix, so "
-    "an image's other captions are not in the gallery; ties count against the model"
-)
+PROGRESS_KEYS = ("i2t_R@1", "t2i_R@1", "rsum")  # the validation recall an epoch's progress line shows
 
 
 FINITE_CHECK_EVERY = 50  # steps between looks at the NaN/inf flag (each look is one host sync)
@@ -139,8 +134,7 @@ class ClipLab(L.LightningModule):
         self._nonfinite: Tensor | None = None
         self._checked_step = 0  # set by to_fast_layout(compile=True); a function, not a submodule
         self._eval: list[tuple[Tensor, Tensor, Tensor]] = []
-        self._first_caption: dict[str, float] = {}
-        self._examples: tuple[dict, dict] = ({}, {})
+        self.test_outputs: dict[str, Any] = {}  # set by test, written by the CLI's TestResults callback
 
     def forward(self, images: Tensor) -> Tensor:
         """uint8 images -> L2-normalized embeddings in the text embedding space."""
@@ -152,16 +146,6 @@ class ClipLab(L.LightningModule):
         if self.text_tower is None:
             return rows
         return self.text_tower(rows) * (rows > 0).any(dim=1, keepdim=True)
-
-    def setup(self, stage: str) -> None:
-        """A trained text encoder reads token rows: fit an LSTM's vocabulary to the training captions (a checkpoint
-        being resumed or tested brings its own, restored after this) and have the data tokenize with it."""
-        datamodule = getattr(self._trainer, "datamodule", None)  # none outside a Trainer
-        if self.text_tower is None or datamodule is None:
-            return
-        if isinstance(self.text_tower, LSTMTextTower) and not self.text_tower.vocabulary and stage == "fit":
-            self.text_tower.fit_vocabulary(datamodule.split(datamodule.hparams.train_split).captions)
-        datamodule.use_tokenizer(self.text_tower.tokenize)
 
     # -- training -----------------------------------------------------------------------------------------------------
     def to_fast_layout(self, compile: bool = False) -> None:
@@ -195,8 +179,7 @@ class ClipLab(L.LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        with torch.no_grad():  # CLIP clamps the learnable scale after each step
-            self.logit_scale.clamp_(max=math.log(self.hparams.max_logit_scale))
+        clamp_logit_scale(self.logit_scale, self.hparams.max_logit_scale)
         if self._nonfinite is not None and (
             self.global_step % FINITE_CHECK_EVERY == 0 or batch_idx + 1 == self.trainer.num_training_batches
         ):
@@ -256,43 +239,16 @@ class ClipLab(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.build_optimizer()
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(self.hparams.warmup_fraction * total)
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = warmup_cosine(optimizer, total, self.hparams.warmup_fraction)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def build_optimizer(self) -> torch.optim.AdamW:
         """AdamW; the image backbone at `backbone_lr`, a trained text encoder's body at `text_lr`, the rest (heads,
-        temperature) at `lr`; each with and without weight decay (none on biases, norms, the temperature, or
-        embedding tables); fused on CUDA."""
+        temperature) at `lr`; decay on weight matrices only (`optim.decays`); fused on CUDA."""
         hp = self.hparams
-        groups: dict[tuple[str, bool], list[Tensor]] = {}
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            part = (
-                "image_encoder"
-                if name.startswith("image_encoder.")
-                else "text_body"
-                if name.startswith("text_tower.body.")
-                else "head"
-            )
-            decay = p.ndim >= 2 and "embedding" not in name  # word/position tables: decay pulls rare words to zero
-            groups.setdefault((part, decay), []).append(p)
-        lrs = {"image_encoder": hp.backbone_lr, "text_body": hp.text_lr, "head": hp.lr}
-        return torch.optim.AdamW(
-            [
-                {"params": ps, "lr": lrs[part], "weight_decay": hp.weight_decay if decay else 0.0}
-                for (part, decay), ps in groups.items()
-            ],
-            fused=self.device.type == "cuda",
-        )
+        parts = {"image_encoder.": hp.backbone_lr, "text_tower.body.": hp.text_lr}
+        return adamw(self.named_parameters(), hp.lr, hp.weight_decay, parts, fused=self.device.type == "cuda")
 
     # -- evaluation ---------------------------------------------------------------------------------------------------
     def _eval_step(self, batch: tuple[Tensor, Tensor, Tensor]) -> None:
@@ -316,15 +272,17 @@ class ClipLab(L.LightningModule):
         # a trained text encoder re-embeds the evaluated captions (token rows) as it is now; else the cached ones
         embed = None if self.text_tower is None else lambda rows: self.text_tower.encode_tokens(rows.to(self.device))
         targets = datamodule.retrieval_targets(stage, embed)
-        metrics = datamodule.retrieval_metrics(stage, image_emb, targets)
+        metrics = score_split(datamodule, stage, image_emb, targets)
         metrics["loss"] = self._eval_loss(image_emb, first_caption, datamodule.hparams.batch_size)
-        self.log_dict({f"{stage}/{k}": float(v) for k, v in metrics.items()})
+        shown = {f"{stage}/{k}": float(metrics[k]) for k in PROGRESS_KEYS}  # beside the loss in the progress bar
+        self.log_dict(shown, prog_bar=True)
+        self.log_dict({f"{stage}/{k}": float(v) for k, v in metrics.items() if f"{stage}/{k}" not in shown})
         if stage == "test":
-            self._first_caption = self._first_caption_metrics(image_emb, first_caption)
-            self.log_dict({f"test/first_caption/{k}": float(v) for k, v in self._first_caption.items()})
+            first = score_first_captions(image_emb, first_caption)
+            self.log_dict({f"test/first_caption/{k}": float(v) for k, v in first.items()})
             split = datamodule.split(datamodule.eval_split(stage))
             caption_emb, caption_image = targets
-            self._examples = test_examples(
+            examples, embeddings = test_examples(
                 image_emb,
                 caption_emb.to(self.device),
                 caption_image.to(self.device),
@@ -333,19 +291,13 @@ class ClipLab(L.LightningModule):
                 datamodule.eval_captions(stage),
                 image_ref=lambda i: datamodule.image_ref(split, i),
             )
-        return metrics
-
-    @staticmethod
-    def _first_caption_metrics(image_emb: Tensor, first_caption: Tensor) -> dict[str, float]:
-        """The diagonal protocol: image i against the first captions of all images, caption i belonging to image i.
-
-        The same `retrieval_metrics` with one caption per image: only the gallery differs from the standard protocol.
-        """
-        has_caption = first_caption.abs().sum(dim=1) > 0
-        image_emb, first_caption = image_emb[has_caption], first_caption[has_caption]
-        diagonal = torch.arange(len(image_emb), device=image_emb.device)
-        metrics = embedding_retrieval_metrics(image_emb, first_caption.to(image_emb.dtype), diagonal)
-        metrics["n_images"] = metrics["n_captions"] = len(image_emb)
+            # what the run's result files hold (train.results.TestResults writes them)
+            self.test_outputs = {
+                "metrics": metrics,
+                "first_caption": first,
+                "examples": examples,
+                "embeddings": embeddings,
+            }
         return metrics
 
     @torch.no_grad()
@@ -370,28 +322,4 @@ class ClipLab(L.LightningModule):
         self._eval_step(batch)
 
     def on_test_epoch_end(self) -> None:
-        metrics = self._eval_end("test")
-        run_dir = Path(self.trainer.log_dir)  # a collective under DDP: every rank asks, rank 0 writes
-        if metrics is None or not self.trainer.is_global_zero:
-            return
-        datamodule = self.trainer.datamodule
-        protocol = datamodule.protocol_record(int(metrics["n_images"]), int(metrics["n_captions"]))
-        if protocol["published_size"] is False:
-            log.warning(
-                "test under protocol %s: %s; the numbers are not exactly comparable with published ones",
-                protocol["name"],
-                protocol["size_note"],
-            )
-        result = {
-            "dataset": datamodule.hparams.dataset,
-            "split": datamodule.hparams.test_split,
-            "split_origin": datamodule.split(datamodule.hparams.test_split).origin or None,
-            "checkpoint": str(self.trainer.ckpt_path) if self.trainer.ckpt_path else None,
-            "protocol": protocol,
-            "metrics": metrics,
-            "first_caption": {"protocol": FIRST_CAPTION_PROTOCOL, "metrics": self._first_caption},
-        }
-        examples, embeddings = self._examples
-        save_json(examples, run_dir / "test_examples.json")  # for the report's figures
-        save_torch(embeddings, run_dir / "test_embeddings.pt")
-        save_json(result, run_dir / "test_metrics.json")
+        self._eval_end("test")

@@ -7,8 +7,11 @@ from pathlib import Path
 import pytest
 
 from clip_lab.__main__ import main
+from clip_lab.eval.metrics import TABLE_KEYS as METRICS
+from clip_lab.eval.seeds import summarize
 from clip_lab.files import CONFIGS
-from clip_lab.jobs.sweep import METRICS, markdown, overlays, summarize
+from clip_lab.jobs.sweep import overlays
+from clip_lab.report.tables import sweep_markdown as markdown
 
 
 def fake_metrics(rsum):

@@ -55,7 +55,7 @@ def fake_sweep(results, trained_run, epochs=None):
             m["metrics"]["rsum"] = value
             (run / "test_metrics.json").write_text(json.dumps(m))
             runs[variant].append(run)
-    from clip_lab.jobs.sweep import summarize
+    from clip_lab.eval.seeds import summarize
 
     summary = summarize(
         {v: [json.loads((d / "test_metrics.json").read_text())["metrics"] for d in dirs] for v, dirs in runs.items()}
