@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import logging
+import re
 import sys
 from importlib import import_module
+from importlib.util import find_spec
+from pathlib import Path
 
 from clip_lab.errors import ClipLabError
 from clip_lab.files import config_file
@@ -22,7 +26,11 @@ JOBS = {
     "embed": "clip_lab.jobs.embed",
     "prepare": "clip_lab.jobs.prepare",
 }
-LIGHTNING_JOBS = ("fit", "validate", "test")
+LIGHTNING_JOBS = {  # LightningCLI's subcommands (its `predict` has no meaning here: `embed` writes embeddings)
+    "fit": "train a model: config, CSV log and checkpoints (best.ckpt, last.ckpt) in results/<run>/",
+    "validate": "validation recall of a fitted run (its best.ckpt unless --ckpt_path)",
+    "test": "test recall of a fitted run into results/<run>/test_metrics.json (its best.ckpt unless --ckpt_path)",
+}
 
 
 class StderrHandler(logging.StreamHandler):
@@ -37,8 +45,36 @@ class StderrHandler(logging.StreamHandler):
         pass
 
 
+def describe(module: str) -> str:
+    """A job's one-line description: the first line of its module's docstring, less the `python -m clip_lab <job>`:
+    it starts with. Read from the file, not imported, so `--help` answers at once."""
+    source = Path(find_spec(module).origin).read_text(encoding="utf-8")
+    lines = (ast.get_docstring(ast.parse(source)) or "").strip().splitlines()
+    return re.sub(r"^`python -m clip_lab \w+`:\s*", "", lines[0]).rstrip(".") if lines else ""
+
+
+def usage() -> str:
+    """`python -m clip_lab --help`: every job with one line each."""
+    jobs = {**LIGHTNING_JOBS, **{name: describe(module) for name, module in JOBS.items()}}
+    width = max(map(len, jobs)) + 2
+    return "\n".join(
+        [
+            "usage: python -m clip_lab <job> [options]",
+            "",
+            "jobs:",
+            *(f"  {name:<{width}}{text}" for name, text in jobs.items()),
+            "",
+            "python -m clip_lab <job> --help lists the options of a job. fit, validate and test read their settings",
+            "from -c CONFIG.yaml files (configs/coco.yaml, configs/demo.yaml; a fitted run's results/<run>/config.yaml).",
+        ]
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2  # no job at all is a mistake, if a gentle one
     argv = [config_file(a) if i and argv[i - 1] in ("-c", "--config") else a for i, a in enumerate(argv)]
     logger = logging.getLogger("clip_lab")
     if not any(isinstance(h, StderrHandler) for h in logger.handlers):  # main() may run many times in one process

@@ -29,6 +29,14 @@ def config_file(path: str) -> str:
     return path
 
 
+def read_json(path: str | os.PathLike) -> Any | None:
+    """The parsed JSON file; None when it is absent or unreadable (cut short, hand-edited into invalid JSON)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it over `path`, on failure remove it.

@@ -3,7 +3,9 @@
 Images hold one or two coloured shapes; each image gets five captions naming colour, shape, size and position, so
 retrieval is learnable. The model is a `CLIPModel` (text and image towers) saved with `save_pretrained` next to a
 word-level tokenizer and an image processor: the demo loads it through the same `from_pretrained` paths as OpenAI's.
-A tiny random DistilBERT beside it stands in for `distilbert-base-uncased` as a trained text encoder.
+A tiny random DistilBERT beside it stands in for `distilbert-base-uncased` as a trained text encoder, and a random
+CLIP text tower of ViT-B/32's shape with a BPE tokenizer on COCO-like captions serves the benchmark and tests: every
+generated model is made here.
 """
 
 from __future__ import annotations
@@ -283,6 +285,50 @@ def make_bert_model(path: Path, seed: int = 0, width: int = 64, layers: int = 2,
     )
     torch.manual_seed(seed)
     DistilBertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+# words of COCO captions, for caption-cache timing at COCO's caption length (~10.5 words)
+COCO_WORDS = (
+    "a an the of on in with and is are to at next near two three man woman people person child boy girl "
+    "group sitting standing walking riding holding playing eating looking street table plate pizza cat dog "
+    "horse bus train car truck bike motorcycle field grass tree water beach ocean sky kite surfboard skateboard "
+    "snow skis frisbee ball tennis baseball bat player game kitchen room bathroom toilet sink bed couch "
+    "window building city road sign traffic light clock tower large small white black red blue green yellow "
+    "brown old young little big front top side down up while its their other some many each food sandwich "
+    "cake donut banana apple orange broccoli bowl cup glass bottle laptop computer phone umbrella bench"
+).split()
+
+
+def coco_like_captions(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choices(COCO_WORDS, k=rng.randint(8, 14))) + "." for _ in range(n)]
+
+
+def make_clip_text_model(path: Path, captions: list[str], small: bool) -> None:
+    """A random-weight `CLIPTextModelWithProjection` of ViT-B/32's text-tower shape (12 x 512, 77 tokens) with a
+    CLIP-style BPE tokenizer (lower-case, `</w>` word ends, start/end tokens) trained on `captions`."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, PreTrainedTokenizerFast
+
+    bos, eos = "<|startoftext|>", "<|endoftext|>"
+    tok = Tokenizer(models.BPE(unk_token=eos, end_of_word_suffix="</w>"))
+    tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(
+        vocab_size=49408, special_tokens=[bos, eos], end_of_word_suffix="</w>", show_progress=False
+    )
+    tok.train_from_iterator(captions[:20000], trainer)
+    bos_id, eos_id = tok.token_to_id(bos), tok.token_to_id(eos)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A {eos}", special_tokens=[(bos, bos_id), (eos, eos_id)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=eos, unk_token=eos, model_max_length=77
+    )
+    shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4) if small else {}
+    config = CLIPTextConfig(vocab_size=49408, bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=eos_id, **shape)
+    CLIPTextModelWithProjection(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
 
 

@@ -24,8 +24,6 @@ import json
 import logging
 import math
 import os
-import platform
-import random
 import sys
 import time
 import warnings
@@ -38,21 +36,12 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 
+from clip_lab.data.synthetic import coco_like_captions, make_clip_text_model
 from clip_lab.errors import ClipLabError
 from clip_lab.files import atomic_path, save_json
+from clip_lab.train.runstats import machine
 
 log = logging.getLogger(__name__)
-
-# words of COCO captions, for caption-cache timing at COCO's caption length (~10.5 words)
-COCO_WORDS = (
-    "a an the of on in with and is are to at next near two three man woman people person child boy girl "
-    "group sitting standing walking riding holding playing eating looking street table plate pizza cat dog "
-    "horse bus train car truck bike motorcycle field grass tree water beach ocean sky kite surfboard skateboard "
-    "snow skis frisbee ball tennis baseball bat player game kitchen room bathroom toilet sink bed couch "
-    "window building city road sign traffic light clock tower large small white black red blue green yellow "
-    "brown old young little big front top side down up while its their other some many each food sandwich "
-    "cake donut banana apple orange broccoli bowl cup glass bottle laptop computer phone umbrella bench"
-).split()
 
 
 def _sync(device: torch.device) -> None:
@@ -67,36 +56,6 @@ def _free(device: torch.device) -> None:
 
 
 # -- caption cache ------------------------------------------------------------------------------------------------
-def coco_like_captions(n: int, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choices(COCO_WORDS, k=rng.randint(8, 14))) + "." for _ in range(n)]
-
-
-def make_clip_text_model(path: Path, captions: list[str], small: bool) -> None:
-    """A random-weight `CLIPTextModelWithProjection` of ViT-B/32's text-tower shape (12 x 512, 77 tokens) with a
-    CLIP-style BPE tokenizer (lower-case, `</w>` word ends, start/end tokens) trained on `captions`."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, PreTrainedTokenizerFast
-
-    bos, eos = "<|startoftext|>", "<|endoftext|>"
-    tok = Tokenizer(models.BPE(unk_token=eos, end_of_word_suffix="</w>"))
-    tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(
-        vocab_size=49408, special_tokens=[bos, eos], end_of_word_suffix="</w>", show_progress=False
-    )
-    tok.train_from_iterator(captions[:20000], trainer)
-    bos_id, eos_id = tok.token_to_id(bos), tok.token_to_id(eos)
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A {eos}", special_tokens=[(bos, bos_id), (eos, eos_id)]
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=eos, unk_token=eos, model_max_length=77
-    )
-    shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4) if small else {}
-    config = CLIPTextConfig(vocab_size=49408, bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=eos_id, **shape)
-    CLIPTextModelWithProjection(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
 
 
 def bench_caption_cache(root: Path, n: int, device: torch.device, small: bool) -> dict[str, Any]:
@@ -603,37 +562,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def environment(device: torch.device) -> dict[str, Any]:
-    import lightning
-    import torchvision
-    import transformers
-
-    env = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "lightning": lightning.__version__,
-        "transformers": transformers.__version__,
-        "cpu_cores": os.cpu_count(),
-        "cpu": cpu_name(),
-        "device": str(device),
-    }
-    if device.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
-    return env
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (Linux), else what `platform` knows: CPU timings mean little without it."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def table(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(measure, value, note) rows, including the ratios the targets are stated in."""
     r = results
@@ -738,7 +666,7 @@ def markdown(results: dict[str, Any]) -> str:
     env = results["environment"]
     cpu = f" ({env['cpu']})" if env.get("cpu") else ""
     lines = [
-        f"# clip_lab bench — {env.get('gpu', env['device'])}, {results['date']}",
+        f"# clip_lab bench — {env['device']}, {results['date']}",
         "",
         f"Command: `{results['command']}`",
         "",
@@ -786,7 +714,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {
         "command": "python -m clip_lab bench " + " ".join(sys.argv[1:] if argv is None else argv),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "environment": environment(device),
+        "environment": machine(device),
         "config": {k: v for k, v in vars(args).items() if k not in ("root", "out", "only")},
     }
     steps: list[tuple[str, Callable[[], Any]]] = []
@@ -860,7 +788,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     save_json(results, out)
     with atomic_path(out.with_suffix(".md")) as tmp:
         tmp.write_text(markdown(results))
-    print(f"\nclip_lab bench on {results['environment'].get('gpu', device)} ({out}):")
+    print(f"\nclip_lab bench on {results['environment']['device']} ({out}):")
     if rows := table(results):
         width = max(len(a) for a, _, _ in rows)
         for a, b, c in rows:

@@ -1,5 +1,7 @@
-"""`python -m clip_lab embed`: a checkpoint's embeddings of a split (images and captions), a folder of images or a file
-of texts, written to one `.pt` file for use elsewhere (numpy, FAISS, another notebook)."""
+"""`python -m clip_lab embed`: a checkpoint's embeddings of a split, a folder of images or a file of texts, in a .pt.
+
+A split gives every readable image and every caption; the one `.pt` file is for use elsewhere (numpy, FAISS, another
+notebook)."""
 
 from __future__ import annotations
 

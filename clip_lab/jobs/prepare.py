@@ -1,5 +1,7 @@
-"""`python -m clip_lab prepare`: a Hugging Face dataset downloaded as parquet shards -> image files and Karpathy's json,
-once, in the layout `fit`, `test` and every other job read (see `clip_lab.data.parquet`)."""
+"""`python -m clip_lab prepare`: Hugging Face parquet shards -> image files and Karpathy's json, converted once.
+
+A dataset downloaded as parquet shards becomes the layout `fit`, `test` and every other job read (see
+`clip_lab.data.parquet`)."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from clip_lab.files import atomic_path, save_json
+from clip_lab.files import atomic_path, read_json, save_json
 from clip_lab.report.commands import RunCommands
 
 log = logging.getLogger(__name__)
@@ -45,13 +45,12 @@ class Missing(Exception):
 
 
 # -- inputs --------------------------------------------------------------------------------------------------------
-def read_json(path: Path, command: str) -> Any:
-    if not path.is_file():
-        raise Missing(f"{path} does not exist", command)
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise Missing(f"{path} is unreadable ({type(e).__name__})", command) from e
+def read_result(path: Path, command: str) -> Any:
+    """A results file figures are drawn from; `Missing` (with the command that writes it) when it is absent or bad."""
+    data = read_json(path)
+    if data is None:
+        raise Missing(f"{path} does not exist" if not path.is_file() else f"{path} is unreadable (not JSON)", command)
+    return data
 
 
 def epoch_curves(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -231,7 +230,7 @@ def loss_figure(ctx: Context) -> tuple[Any, str]:
 
 
 def recall_figure(ctx: Context) -> tuple[Any, str]:
-    summary = read_json(ctx.sweep_json, ctx.sweep_command)
+    summary = read_result(ctx.sweep_json, ctx.sweep_command)
     try:
         variants = {v: d["metrics"] for v, d in summary["variants"].items()}
         seeds = summary.get("seeds", [])
@@ -295,7 +294,7 @@ def recall_figure(ctx: Context) -> tuple[Any, str]:
 
 
 def search_figure(ctx: Context, path: Path) -> tuple[Any, str]:
-    result = read_json(path, ctx.commands.search)
+    result = read_result(path, ctx.commands.search)
     try:
         text, rows, split = result["query"]["text"], result["results"], result.get("split", "")
     except (KeyError, TypeError) as e:
@@ -324,7 +323,7 @@ def search_figure(ctx: Context, path: Path) -> tuple[Any, str]:
 
 
 def i2t_figure(ctx: Context) -> tuple[Any, str]:
-    examples = read_json(ctx.run_dir / "test_examples.json", ctx.commands.test)
+    examples = read_result(ctx.run_dir / "test_examples.json", ctx.commands.test)
     try:
         rows = examples["retrieval"][:TEXT_ROWS]
         _ = [(r["file"], r["captions"], r["retrieved"]) for r in rows]
@@ -384,7 +383,7 @@ def i2t_figure(ctx: Context) -> tuple[Any, str]:
 
 
 def zeroshot_figure(ctx: Context, path: Path) -> tuple[Any, str]:
-    result = read_json(path, ctx.commands.zeroshot)
+    result = read_result(path, ctx.commands.zeroshot)
     try:
         classes, preds = result["classes"], result["predictions"]
         _ = [(p["image"], p["probs"], p["predicted"]) for p in preds]
@@ -463,7 +462,7 @@ def zeroshot_figure(ctx: Context, path: Path) -> tuple[Any, str]:
 
 
 def similarity_figure(ctx: Context) -> tuple[Any, str]:
-    examples = read_json(ctx.run_dir / "test_examples.json", ctx.commands.test)
+    examples = read_result(ctx.run_dir / "test_examples.json", ctx.commands.test)
     try:
         sim = examples["similarity"]
         images, captions, matrix = sim["images"], sim["captions"], np.asarray(sim["matrix"], dtype=float)

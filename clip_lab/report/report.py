@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
 import os
 import re
@@ -24,7 +23,7 @@ from typing import Any
 import yaml
 
 from clip_lab.data.datasets import data_title
-from clip_lab.files import save_text
+from clip_lab.files import read_json, save_text
 from clip_lab.report.commands import RunCommands
 from clip_lab.report.tables import (
     ablation_table,
@@ -73,11 +72,9 @@ def missing(what: str, command: str) -> str:
 
 
 # -- reading results/ -----------------------------------------------------------------------------------------------
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+def read_record(path: Path) -> dict[str, Any] | None:
+    """A results file as a dict; None when it is absent, unreadable or not an object."""
+    data = read_json(path)
     return data if isinstance(data, dict) else None
 
 
@@ -378,7 +375,7 @@ def ablation_results(summary: dict[str, Any] | None, name: str, commands: RunCom
 def zeroshot_results(
     path: Path | None, why: str, commands: RunCommands, tables: Tables, manifest: dict[str, Any], report_dir: Path
 ) -> str:
-    result = read_json(path) if path else None
+    result = read_record(path) if path else None
     if result is None or not result.get("predictions"):
         return missing(f"no zero-shot result ({why or f'{path} is unreadable'})", commands.zeroshot)
     classes, preds = result["classes"], result["predictions"]
@@ -457,7 +454,7 @@ def confusion(classes: list[str], preds: list[dict[str, Any]], tables: Tables) -
 def query_results(
     path: Path | None, why: str, commands: RunCommands, manifest: dict[str, Any], report_dir: Path
 ) -> str:
-    result = read_json(path) if path else None
+    result = read_record(path) if path else None
     if result is None or not result.get("results") or "text" not in result.get("query", {}):
         return missing(f"no text → image query ({why or f'{path} is not a text query result'})", commands.search)
     rows = [
@@ -486,7 +483,7 @@ def training_time(run_dirs: list[tuple[str, Path]], tables: Tables, commands: Ru
     headers = ("run", "hardware", "precision", "epochs", "fit time", "s / epoch", "train images/s")
     rows, absent, total = [], [], 0.0
     for name, d in run_dirs:
-        stats = read_json(d / "run_stats.json")
+        stats = read_record(d / "run_stats.json")
         if not stats or not stats.get("epochs"):
             absent.append(name)
             continue
@@ -703,7 +700,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report_dir, results = report.parent, Path(args.results_dir)
     figures_dir, tables = report_dir / "figures", Tables(report_dir / "tables")
     if args.no_figures:
-        manifest = read_json(figures_dir / "figures.json") or {}
+        manifest = read_record(figures_dir / "figures.json") or {}
     else:
         from clip_lab.report.report import figures
 
@@ -729,10 +726,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results,
             ", ".join(runs[:12]) + (" ..." if len(runs) > 12 else "") if runs else "none",
         )
-    stats = read_json(run_dir / "run_stats.json")
-    test = read_json(run_dir / "test_metrics.json")
-    summary = read_json(results / f"{args.ablations}.json")
-    baselines = read_json(results / f"{args.baselines}.json")
+    stats = read_record(run_dir / "run_stats.json")
+    test = read_record(run_dir / "test_metrics.json")
+    summary = read_record(results / f"{args.ablations}.json")
+    baselines = read_record(results / f"{args.baselines}.json")
     variants = (summary or {}).get("variants", {})
     order = (summary or {}).get("order") or list(variants)
     sweep_runs = [(f"{v}/{Path(r).name}", Path(r)) for v in order for r in variants[v].get("runs", [])]

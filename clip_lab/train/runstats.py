@@ -16,19 +16,40 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from clip_lab.files import save_json
 
 
-def hardware(trainer: Trainer) -> dict[str, Any]:
-    """What ran the fit: device name and count, precision, CPU cores, library versions."""
-    device = trainer.strategy.root_device
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.machine()})"
+def machine(device: torch.device) -> dict[str, Any]:
+    """What a measurement ran on: the device (a GPU's name, else the CPU's), CPU model and cores, library versions.
+    The one probe behind run_stats.json and the benchmarks' records."""
+    import torchvision
+    import transformers
+
     return {
-        "device": name,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.machine()})",
         "accelerator": device.type,
-        "devices": trainer.num_devices,
-        "precision": str(trainer.precision),
+        "cpu": cpu_name(),
         "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
         "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
         "lightning": lightning.__version__,
+        "transformers": transformers.__version__,
     }
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else what `platform` knows: CPU timings mean little without it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware(trainer: Trainer) -> dict[str, Any]:
+    """What ran the fit: `machine` of its device, with the number of devices and the precision."""
+    return machine(trainer.strategy.root_device) | {"devices": trainer.num_devices, "precision": str(trainer.precision)}
 
 
 class RunStats(Callback):

@@ -30,7 +30,7 @@ def test_encode_is_normalized_and_independent_of_batching(text_model):
 
 
 def test_fast_tokenization_equals_the_hugging_face_call(text_model, tmp_path):
-    from clip_lab.jobs.bench import coco_like_captions, make_clip_text_model
+    from clip_lab.data.synthetic import coco_like_captions, make_clip_text_model
 
     long = " ".join(["a red circle and"] * 30)  # past every max_length: truncation must keep the end token
     bpe = tmp_path / "bpe"
