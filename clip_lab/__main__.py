@@ -64,8 +64,9 @@ def usage() -> str:
             "jobs:",
             *(f"  {name:<{width}}{text}" for name, text in jobs.items()),
             "",
-            "python -m clip_lab <job> --help lists the options of a job. fit, validate and test read their settings",
-            "from -c CONFIG.yaml files (configs/coco.yaml, configs/demo.yaml; a fitted run's results/<run>/config.yaml).",
+            "python -m clip_lab <job> --help lists the options of a job. fit, validate and test read their",
+            "settings from -c CONFIG.yaml files (configs/coco.yaml, configs/demo.yaml, or a fitted run's",
+            "results/<run>/config.yaml).",
         ]
     )
 

@@ -7,6 +7,15 @@ from clip_lab.__main__ import main
 from clip_lab.data.synthetic import make_demo_dataset
 from clip_lab.files import CONFIGS
 
+# fixtures that run a real fit: every test that uses one, directly or through another fixture, is `slow`
+FIT_FIXTURES = {"trained_run", "tensorboard_run", "mlflow_run", "flickr"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if FIT_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 def _run_args(demo_root, tmp_path, run="t"):
     return [

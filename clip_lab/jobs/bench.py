@@ -39,6 +39,7 @@ from lightning.pytorch.callbacks import Callback
 from clip_lab.data.synthetic import coco_like_captions, make_clip_text_model
 from clip_lab.errors import ClipLabError
 from clip_lab.files import atomic_path, save_json
+from clip_lab.options import JobParser
 from clip_lab.train.runstats import machine
 
 log = logging.getLogger(__name__)
@@ -472,14 +473,14 @@ def _no_grad(fn: Callable[[Any], float], *args: Any) -> float:
 
 # -- the whole run ------------------------------------------------------------------------------------------------
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = JobParser(
         prog="python -m clip_lab bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--root", default="cache/bench", help="where the generated data and its caches go (reused)")
     p.add_argument("--out", default="results/bench/bench.json", help="the JSON table (a .md table goes beside it)")
     p.add_argument("--small", action="store_true", help="CPU-sized everything, for smoke tests")
     p.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1), help="loader/decoder processes")
-    p.add_argument("--no-compile", dest="compile", action="store_false", help="eager training step")
+    p.add_argument("--no_compile", dest="compile", action="store_false", help="eager training step")
     p.add_argument(
         "--only",
         nargs="*",
@@ -502,7 +503,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         p.add_argument(f"--{name}", type=int, default=None, help="override the preset")
     index = p.add_argument_group("index part")
     index.add_argument(
-        "--index_ckpt",
+        "--ckpt_path",
         default="results/demo/checkpoints/best.ckpt",
         help="checkpoint whose test-split galleries are benchmarked (skipped with a note when missing)",
     )

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
 import json
+import logging
 import os
 import shutil
 import time
@@ -13,7 +13,35 @@ import torch
 
 from clip_lab.data.synthetic import make_demo_dataset
 from clip_lab.files import CONFIGS
+from clip_lab.options import JobParser
 from clip_lab.train import cli
+
+log = logging.getLogger(__name__)
+
+# what the demo's fit and test write into its run folder: a new demo replaces these and keeps everything else there
+# (a student's search, zeroshot and embed results, notes)
+RUN_OUTPUTS = (
+    "config.yaml",
+    "hparams.yaml",
+    "metrics.csv",
+    "run_stats.json",
+    "split_lists.json",
+    "checkpoints",
+    "test_metrics.json",
+    "test_examples.json",
+    "test_embeddings.pt",
+)
+
+
+def clear_run(run_dir: Path) -> list[str]:
+    """Remove an earlier demo's fit and test outputs (RUN_OUTPUTS) from `run_dir`; return the names left there."""
+    for name in RUN_OUTPUTS:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    return sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
 
 
 def recall_table(metrics: dict[str, float], n_images: int, first_caption: dict[str, float] | None = None) -> str:
@@ -31,10 +59,14 @@ def recall_table(metrics: dict[str, float], n_images: int, first_caption: dict[s
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m clip_lab demo", description=__doc__)
+    parser = JobParser(prog="python -m clip_lab demo", description=__doc__)
     parser.add_argument("--data", default="cache/demo_coco", help="where the generated dataset goes")
-    parser.add_argument("--run", default="demo", help="run name: results/<run>/ is replaced")
-    parser.add_argument("--results_dir", default="results")
+    parser.add_argument(
+        "--run",
+        default="demo",
+        help="run name: an earlier demo's fit and test outputs in <results_dir>/<run>/ are replaced, other files kept",
+    )
+    parser.add_argument("--results_dir", default="results", help="folder holding one folder per run")
     parser.add_argument("--n_train", type=int, default=2000)
     parser.add_argument("--n_val", type=int, default=400)
     parser.add_argument("--max_epochs", type=int, default=None, help="override the demo config's epochs")
@@ -43,7 +75,9 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     make_demo_dataset(args.data, args.n_train, args.n_val, workers=os.cpu_count() or 1)
     run_dir = Path(args.results_dir) / args.run
-    shutil.rmtree(run_dir, ignore_errors=True)  # the demo owns its run folder
+    kept = clear_run(run_dir)  # the demo owns its fit and test outputs, not the rest of the folder
+    if kept:
+        log.info("demo: replacing the earlier demo run in %s; kept there: %s", run_dir, ", ".join(kept))
     common = [
         "--run",
         args.run,

@@ -5,7 +5,6 @@ notebook)."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from clip_lab.jobs.infer import (
     slug,
     text_encoder,
 )
+from clip_lab.options import JobParser
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def read_texts(path: str | Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m clip_lab embed", description=__doc__)
+    parser = JobParser(prog="python -m clip_lab embed", description=__doc__)
     add_checkpoint_args(parser)
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--split", help="a split of the checkpoint's dataset: every readable image and every caption")

@@ -214,12 +214,12 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     load = [os.getloadavg()[0]]  # CPU timings on shared cores: how busy the machine was is part of the result
     galleries: list[Gallery] = []
     skipped = []
-    ckpt = Path(args.index_ckpt)
+    ckpt = Path(args.ckpt_path)
     if ckpt.is_file():
         galleries += demo_galleries(ckpt, device, args.index_queries)
     else:
         skipped.append(
-            f"demo galleries: no checkpoint at {ckpt} (run `python -m clip_lab demo` first, or pass --index_ckpt)"
+            f"demo galleries: no checkpoint at {ckpt} (run `python -m clip_lab demo` first, or pass --ckpt_path)"
         )
         log.warning("bench index: %s", skipped[-1])
     t0 = time.perf_counter()

@@ -45,8 +45,10 @@ DATA_FLAGS = {
 
 
 def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
-    """--ckpt, --device, --batch_size, and one flag per data setting (default: the checkpoint's own)."""
-    parser.add_argument("--ckpt", required=True, help="checkpoint of a fit run: results/<run>/checkpoints/best.ckpt")
+    """--ckpt_path, --device, --batch_size, and one flag per data setting (default: the checkpoint's own)."""
+    parser.add_argument(
+        "--ckpt_path", required=True, help="checkpoint of a fit run: results/<run>/checkpoints/best.ckpt"
+    )
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--batch_size", type=int, default=256, help="images per forward pass")
     group = parser.add_argument_group("data settings (default: those the checkpoint was trained with)")
@@ -86,9 +88,10 @@ class Checkpoint:
 
 
 def load_checkpoint(args: argparse.Namespace) -> Checkpoint:
-    """The model of `args.ckpt` in eval mode on the device, with its datamodule settings under the flags' overrides."""
+    """The model of `args.ckpt_path` in eval mode on the device, with its datamodule settings under the flags'
+    overrides. Only the weights are read: the optimizer state a best.ckpt leaves out is never needed."""
     path = require_file(
-        args.ckpt,
+        args.ckpt_path,
         "checkpoint",
         "pass a .ckpt written by `python -m clip_lab fit`, e.g. results/<run>/checkpoints/best.ckpt",
     )
@@ -288,6 +291,18 @@ def _load_gallery(path: Path, meta: dict[str, Any]) -> Tensor | None:
 
 
 # -- outputs -----------------------------------------------------------------------------------------------------------
+def unused_path(path: Path, beside: Sequence[str] = (".png",)) -> Path:
+    """`path` if neither it nor its companions (`beside`: same name, other suffix) exist; else the first free
+    `<stem>-2<suffix>`, `<stem>-3<suffix>`, ...: a job's new result never replaces an earlier one."""
+    candidate, n = path, 1
+    while any(candidate.with_suffix(s).exists() for s in (path.suffix, *beside)):
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    if candidate != path:
+        log.info("%s exists (an earlier result, kept): writing %s", path, candidate)
+    return candidate
+
+
 def slug(text: str, limit: int = 60) -> str:
     """A file-name-safe version of `text` (letters, digits, dashes)."""
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:limit].strip("-") or "query"

@@ -5,10 +5,10 @@ A dataset downloaded as parquet shards becomes the layout `fit`, `test` and ever
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from clip_lab.data.parquet import convert_parquet
+from clip_lab.options import JobParser
 
 READ_WITH = {
     "flickr8k": "-c configs/datasets/flickr8k.yaml --data.dataset flickr8k_karpathy",
@@ -18,7 +18,7 @@ READ_WITH = {
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(prog="python -m clip_lab prepare", description=__doc__)
+    parser = JobParser(prog="python -m clip_lab prepare", description=__doc__)
     parser.add_argument("--parquet", required=True, help="a .parquet file or a folder of shards (searched recursively)")
     parser.add_argument("--dataset", required=True, choices=sorted(READ_WITH), help="what the shards hold")
     parser.add_argument("--out", required=True, help="folder for the images and dataset_<dataset>.json")

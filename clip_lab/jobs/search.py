@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
@@ -27,10 +26,21 @@ from clip_lab.jobs.infer import (
     save_image_grid,
     slug,
     text_encoder,
+    unused_path,
 )
 from clip_lab.models.text import knows_no_word
+from clip_lab.options import JobParser
 
 log = logging.getLogger(__name__)
+
+FIGURE_RESULTS = 25  # results a figure draws (5 rows of 5 images, or 25 caption lines); the JSON holds all k
+
+
+def gallery_k(k: int, n: int, what: str) -> int:
+    """`k`, or the gallery's size `n` when `k` asks for more than it holds, with a warning that says so."""
+    if k > n:
+        log.warning("--k %d is more than the %d %s the gallery holds: returning all %d", k, n, what, n)
+    return min(k, n)
 
 
 def search_images(
@@ -50,6 +60,7 @@ def search_images(
             else "the ranking rests on the other words alone",
         )
     gallery, usable, cache = image_gallery(ckpt, split)
+    k = gallery_k(k, len(gallery), f"images of {split.name}")
     query = encoder.encode([text])[0].cpu()
     searcher = open_index(spec, gallery, cache, ckpt.device)
     scores, rows = searcher.top_k(query, k)
@@ -68,15 +79,18 @@ def search_images(
         for r, (s, i) in enumerate(zip(scores, index))
     ]
     size = ckpt.data["cache_image_size"]
+    shown = index[:FIGURE_RESULTS]
     save_image_grid(
         figure,
-        [model_view(read_image(split.image_path(i), size), ckpt.data["image_size"]) for i in index],
-        [f"#{r['rank']}  {r['score']:.3f}" for r in results],
-        suptitle=f'"{text}": top {len(index)} of {split.name}',
+        [model_view(read_image(split.image_path(i), size), ckpt.data["image_size"]) for i in shown],
+        [f"#{r['rank']}  {r['score']:.3f}" for r in results[: len(shown)]],
+        suptitle=f'"{text}": top {len(index)} of {split.name}'
+        + (f" (the first {len(shown)} shown)" if len(shown) < len(index) else ""),
         cols=5,
     )
     return {
         "query": {"text": text, "unknown_words": unknown},
+        "k": k,
         "gallery": {"kind": "images", "n": len(gallery), "cache": str(cache)},
         "index": searcher.describe(),
         "results": results,
@@ -89,6 +103,7 @@ def search_captions(
     """The top-k captions of `split` for the image file `image` through the index `spec`, and the image beside them
     saved to `figure`."""
     gallery, cache = caption_gallery(ckpt, split)
+    k = gallery_k(k, len(gallery), f"captions of {split.name}")
     query = embed_files(ckpt, [image])[0]
     searcher = open_index(spec, gallery, cache, ckpt.device)
     scores, rows = searcher.top_k(query, k)
@@ -112,6 +127,7 @@ def search_captions(
     )
     return {
         "query": {"image": str(image)},
+        "k": k,
         "gallery": {"kind": "captions", "n": len(gallery), "cache": str(cache)},
         "index": searcher.describe(),
         "results": results,
@@ -119,16 +135,17 @@ def search_captions(
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m clip_lab search", description=__doc__)
+    parser = JobParser(prog="python -m clip_lab search", description=__doc__)
     add_checkpoint_args(parser)
     parser.add_argument("--text", default=None, help="text query: returns the top-k images of the split")
     parser.add_argument("--image", default=None, help="image query (a file): returns the top-k captions of the split")
-    parser.add_argument("--k", type=int, default=5, help="results to return")
+    parser.add_argument("--k", type=int, default=5, help="results to return (at most the gallery's size)")
     parser.add_argument("--split", default=None, help="gallery split (default: the checkpoint's test split, val2014)")
     parser.add_argument(
         "--out",
         default=None,
-        help="JSON output (the figure goes beside it as .png); default <run>/search/<query>_<split>.json",
+        help="JSON output (the figure goes beside it as .png); default <run>/search/<query>_<split>.json. An "
+        "earlier result is never replaced: when the name is taken, <name>-2.json (-3, ...) is written instead",
     )
     parser.add_argument(
         "--index",
@@ -170,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     text = args.text.strip() if args.text is not None else None
     name = f"text-{slug(text)}" if text else f"image-{slug(Path(args.image).stem)}"
-    out = Path(args.out) if args.out else ckpt.run_dir / "search" / f"{name}_{split.name}.json"
+    out = unused_path(Path(args.out) if args.out else ckpt.run_dir / "search" / f"{name}_{split.name}.json")
     figure = out.with_suffix(".png")
     if text:
         result = search_images(ckpt, split, text, args.k, figure, spec)
@@ -179,7 +196,6 @@ def main(argv: list[str] | None = None) -> dict:
     result |= {
         "checkpoint": str(ckpt.path),
         "split": split.name,
-        "k": args.k,
         "score": "cosine similarity",
         "json": str(out),
         "figure": str(figure),
@@ -190,16 +206,18 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _caption_figure(path: Path, view: np.ndarray, name: str, results: list[dict], split: str) -> None:
-    """The query image (as the model sees it) beside its ranked captions."""
+    """The query image (as the model sees it) beside its ranked captions (the first FIGURE_RESULTS of them)."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(8.5, 2.6), layout="constrained")
+    shown = results[:FIGURE_RESULTS]
+    fig = Figure(figsize=(8.5, max(2.6, 0.8 + 0.17 * len(shown))), layout="constrained")  # ~0.17 in a 9 pt line
     left, right = fig.subplots(1, 2, width_ratios=[1, 2.6])
     left.imshow(view)
     left.set_title(name, fontsize=9)
-    lines = [f"#{r['rank']}  {r['score']:.3f}  {r['caption'][:80]}  (image {r['image_id']})" for r in results]
+    lines = [f"#{r['rank']}  {r['score']:.3f}  {r['caption'][:80]}  (image {r['image_id']})" for r in shown]
     right.text(0, 1, "\n".join(lines), va="top", family="monospace", fontsize=9)
-    right.set_title(f"top {len(lines)} captions of {split}", fontsize=10, loc="left")
+    more = f" (the first {len(shown)} shown)" if len(shown) < len(results) else ""
+    right.set_title(f"top {len(results)} captions of {split}{more}", fontsize=10, loc="left")
     for ax in (left, right):
         ax.axis("off")
     with atomic_path(path) as tmp:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from collections import Counter
@@ -33,9 +32,11 @@ from clip_lab.jobs.infer import (
     save_image_grid,
     slug,
     text_encoder,
+    unused_path,
 )
 from clip_lab.models.text import TextEncoder, knows_no_word
 from clip_lab.models.text_towers import TextTower
+from clip_lab.options import JobParser
 
 TEMPLATES = CONFIGS / "prompts.yaml"
 LABEL_KEY = "demo_shapes"  # image entries of the demo's captions json list the shapes drawn: the ground truth
@@ -197,7 +198,7 @@ def load_images(ckpt: Checkpoint, images: str, classes: list[str]) -> Images:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m clip_lab zeroshot", description=__doc__)
+    parser = JobParser(prog="python -m clip_lab zeroshot", description=__doc__)
     add_checkpoint_args(parser)
     parser.add_argument(
         "--images",
@@ -210,7 +211,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--out",
         default=None,
-        help="JSON output (the figure goes beside it as .png); default <run>/zeroshot/<images>_<classes>.json",
+        help="JSON output (the figure goes beside it as .png); default <run>/zeroshot/<images>_<classes>.json. An "
+        "earlier result is never replaced: when the name is taken, <name>-2.json (-3, ...) is written instead",
     )
     args = parser.parse_args(argv)
 
@@ -262,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # named by the images and the classes: another class set on the same images is another result, not a replacement
     name = f"{slug(Path(args.images).stem, 40)}_{slug('-'.join(classes), 60)}"
-    out = Path(args.out) if args.out else ckpt.run_dir / "zeroshot" / f"{name}.json"
+    out = unused_path(Path(args.out) if args.out else ckpt.run_dir / "zeroshot" / f"{name}.json")
     figure = out.with_suffix(".png")
     result = {
         "checkpoint": str(ckpt.path),

@@ -702,7 +702,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.no_figures:
         manifest = read_record(figures_dir / "figures.json") or {}
     else:
-        from clip_lab.report.report import figures
+        from clip_lab.report import figures
 
         manifest = figures.main(
             [

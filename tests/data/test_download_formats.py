@@ -45,6 +45,7 @@ def tiny(root, tmp_path, text_model, *overlays):
     ]
 
 
+@pytest.mark.slow
 def test_coco2017_is_read_fitted_and_tested_under_its_protocol(tmp_path, text_model):
     root = write_coco2017(tmp_path / "coco")
     split = load_split("coco", root, "val2017")
@@ -143,6 +144,7 @@ def test_kaggle_flickr30k_rows_are_repaired_or_counted(tmp_path):
     assert splits[0].image_dir == root / "flickr30k_images" / "flickr30k_images"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dataset", ["flickr8k_kaggle", "flickr30k_kaggle"])
 def test_kaggle_downloads_fit_and_test_end_to_end(tmp_path, text_model, dataset):
     from formats import write_kaggle_flickr8k, write_kaggle_flickr30k
@@ -198,6 +200,7 @@ def test_hf_parquet_of_flickr30k_is_converted_once_into_the_karpathy_layout(tmp_
     assert (out / "dataset_flickr30k.json").stat().st_mtime_ns == stamp and "already converted" in caplog.text
 
 
+@pytest.mark.slow
 def test_hf_parquet_of_flickr8k_with_numbered_captions_and_splits_by_shard_name(tmp_path, text_model):
     from formats import write_hf_parquet
 

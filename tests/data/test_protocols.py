@@ -81,6 +81,7 @@ def test_karpathy_coco_trains_on_train_restval_validates_on_val_and_caps_test_ca
     assert kept.tolist() == first_five
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dataset", ["flickr8k", "flickr30k"])
 def test_fit_and_test_on_a_flickr_format_end_to_end(dataset, tmp_path, text_model):
     root = tmp_path / dataset

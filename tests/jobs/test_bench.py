@@ -2,10 +2,13 @@
 
 import json
 
+import pytest
+
 from clip_lab.__main__ import main
 from clip_lab.jobs import bench
 
 
+@pytest.mark.slow
 def test_small_bench_writes_the_whole_table(tmp_path, capsys):
     out = tmp_path / "bench" / "cpu.json"
     assert main(["bench", "--small", "--root", str(tmp_path / "data"), "--out", str(out)]) == 0
@@ -29,6 +32,7 @@ def test_small_bench_writes_the_whole_table(tmp_path, capsys):
     assert sorted(p.name for p in out.parent.iterdir()) == ["cpu.json", "cpu.md"]  # nothing half-written beside
 
 
+@pytest.mark.slow
 def test_text_part_times_the_step_with_each_text_side(tmp_path):
     results = bench.main(["--small", "--only", "text", "--root", str(tmp_path), "--out", str(tmp_path / "b.json")])
     assert set(results["text"]) == {"cached", "lstm", "distilbert"}

@@ -47,6 +47,7 @@ def test_variants_are_overlay_files_and_unknown_names_are_refused(capsys):
     assert "no dropout.yaml" in err and "bn_head" in err
 
 
+@pytest.mark.slow
 def test_two_seed_sweep_on_the_demo_runs_end_to_end_and_resumes(demo_root, tmp_path):
     results = tmp_path / "results"
     argv = [

@@ -18,7 +18,7 @@ from clip_lab.data.image_cache import decode_pil
 from clip_lab.data.synthetic import COLORS, SHAPES
 from clip_lab.jobs import zeroshot
 from clip_lab.models.text import TextEncoder
-from clip_lab.report.report import figures
+from clip_lab.report import figures
 from clip_lab.train.module import ClipLab
 
 # the reference is computed in float32 on the CPU; on a GPU the jobs embed in bf16, so probabilities

@@ -45,6 +45,7 @@ def test_a_vit_is_built_for_the_image_size_and_pretrained_vits_need_224():
         build_backbone("vit_b_16", "IMAGENET1K_V1", image_size=64)
 
 
+@pytest.mark.slow
 def test_fit_with_another_encoder_through_the_cli(demo_root, tmp_path, run_args):
     args = [
         "fit",

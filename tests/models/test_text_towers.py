@@ -127,6 +127,7 @@ def test_gradients_and_learning_rates_reach_exactly_the_trainable_parameters(kin
     assert torch.equal(model.embed_text(torch.zeros(2, 32, dtype=torch.int32)), torch.zeros(2, 8))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["lstm", "bert"])
 def test_fit_with_a_trained_text_encoder_learns_without_any_clip_model(kind, bert, demo_root, tmp_path, run_args):
     text = (

@@ -12,7 +12,7 @@ from clip_lab.__main__ import main
 from clip_lab.eval.metrics import TABLE_KEYS as METRICS
 from clip_lab.eval.seeds import summarize
 from clip_lab.jobs import search, zeroshot
-from clip_lab.report.report import figures
+from clip_lab.report import figures
 
 VARIANTS = {"baseline": 0.30, "bn_head": 0.35}  # a variant's recall level (each seed a little off it)
 SHAPES = ["circle", "square", "triangle", "diamond", "cross"]

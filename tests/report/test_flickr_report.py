@@ -12,7 +12,7 @@ from formats import write_flickr8k
 
 from clip_lab.__main__ import main
 from clip_lab.files import CONFIGS
-from clip_lab.report.report import figures, report
+from clip_lab.report import figures, report
 
 
 @pytest.fixture(scope="module")

@@ -128,6 +128,7 @@ def test_two_process_test_gives_the_recall_of_one_process(trained_run, tmp_path)
         assert two[key] == pytest.approx(one[key], abs=1e-6), key
 
 
+@pytest.mark.slow
 def test_two_process_fit_runs_end_to_end_with_one_writer(demo_root, tmp_path, run_args):
     configs = CONFIGS
     args = [

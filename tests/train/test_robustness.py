@@ -28,6 +28,7 @@ def fit_args(demo_root, tmp_path, run, run_args):
     ]
 
 
+@pytest.mark.slow
 def test_a_run_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(demo_root, tmp_path, monkeypatch, run_args):
     assert main(fit_args(demo_root, tmp_path, "full", run_args)) == 0
     train = ClipLab.training_step

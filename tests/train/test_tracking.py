@@ -207,6 +207,7 @@ def test_testing_a_checkpoint_of_a_fit_without_mlflow_starts_an_mlflow_run(tenso
     assert run.data.metrics["test/rsum"] == pytest.approx(tested["rsum"]) and "val/rsum" not in run.data.metrics
 
 
+@pytest.mark.slow
 def test_a_resumed_fit_continues_both_trackers(demo_root, tmp_path, run_args, cache_dir, monkeypatch):
     # both overlays stacked: their options add up
     assert main(fit_args(demo_root, tmp_path, "both", run_args, cache_dir, "tensorboard", "mlflow")) == 0
