@@ -8,7 +8,7 @@
   validation R-sum is tested.
 
 Takes the same configs as `fit` (only their `data:` section is read), so dataset, splits, caches and protocol are
-those of the trained runs it is compared with. Results: `results/<name>.json` and `results/<name>.md`.
+those of the trained runs it is compared with. Results: `results/<run>.json` and `results/<run>.md`.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from clip_lab.eval.scoring import score_split
 from clip_lab.eval.seeds import summarize
 from clip_lab.files import CONFIGS, save_json, save_text
 from clip_lab.models.image import HEADS
+from clip_lab.options import JobParser
 from clip_lab.report.tables import baselines_markdown
 from clip_lab.train.heads import Pairs, train_head
 
@@ -62,7 +63,7 @@ def build_data(settings: dict[str, Any]) -> RetrievalData:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(
+    parser = JobParser(
         prog="python -m clip_lab baselines", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=None,
         help="config(s) of the runs to compare with, stacked in order (default: configs/coco.yaml)",
     )
-    parser.add_argument("--name", default="baselines", help="results/<name>.json and .md")
+    parser.add_argument("--run", default="baselines", help="the table's name: results/<run>.json and .md")
     parser.add_argument(
         "--heads",
         nargs="*",
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "overrides": args.overrides,
         "variants": {v: summary[v] | details[v] for v in order},
     }
-    path = Path(args.results_dir) / f"{args.name}.json"
+    path = Path(args.results_dir) / f"{args.run}.json"
     save_json(out, path)
     table = baselines_markdown(out)
     save_text(table, path.with_suffix(".md"))

@@ -88,7 +88,7 @@ def demo_galleries(ckpt_path: Path, device: torch.device, n_queries: int, seed: 
     from clip_lab.jobs.infer import DATA_FLAGS, image_gallery, load_checkpoint, open_split
     from clip_lab.jobs.search import caption_gallery
 
-    args = argparse.Namespace(ckpt=str(ckpt_path), device=device.type, batch_size=256, **dict.fromkeys(DATA_FLAGS))
+    args = argparse.Namespace(ckpt_path=str(ckpt_path), device=device.type, batch_size=256, **dict.fromkeys(DATA_FLAGS))
     ckpt = load_checkpoint(args)
     split = open_split(ckpt, ckpt.data["test_split"])
     images, usable, _ = image_gallery(ckpt, split)

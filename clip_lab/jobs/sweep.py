@@ -1,9 +1,9 @@
 """`python -m clip_lab sweep`: every ablation over several seeds, then test recall as mean ± std against the baseline.
 
 A variant is a list of YAML overlays from `configs/ablations/` stacked on the base config: `bn_head` is
-`ablations/bn_head.yaml`, `bn_head+augment` stacks two. Runs land in `results/<name>/<variant>/seed<k>/`; a run whose
+`ablations/bn_head.yaml`, `bn_head+augment` stacks two. Runs land in `results/<run>/<variant>/seed<k>/`; a run whose
 `test_metrics.json` exists is reused, so an interrupted sweep resumes where it stopped. The summary goes to
-`results/<name>.json` and `results/<name>.md`.
+`results/<run>.json` and `results/<run>.md`.
 
 A difference counts as beyond the seed-to-seed spread when it exceeds two standard errors of the difference of
 the two means, `2 * sqrt(s_base^2 / n_base + s_variant^2 / n_variant)` (about a 95 % two-sided test); with a single
@@ -13,6 +13,7 @@ seed nothing can be said, and the table says so.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import shutil
@@ -22,6 +23,7 @@ from typing import Any
 from clip_lab.errors import ClipLabError
 from clip_lab.eval.seeds import summarize
 from clip_lab.files import CONFIGS, save_json, save_text
+from clip_lab.options import JobParser
 from clip_lab.report.tables import sweep_markdown
 from clip_lab.train import cli
 
@@ -46,16 +48,19 @@ def overlays(variant: str) -> list[Path]:
     return files
 
 
-def run_variant(variant: str, seed: int, args: argparse.Namespace) -> Path:
-    """Fit and test one (variant, seed) unless its results exist; return the run folder."""
-    run = f"{args.name}/{variant}/seed{seed}"
+def run_variant(variant: str, seed: int, args: argparse.Namespace, step: str = "") -> Path:
+    """Fit and test one (variant, seed) unless its results exist; return the run folder. `step` says which run of
+    the sweep it is ("3 of 10")."""
+    run = f"{args.run}/{variant}/seed{seed}"
     run_dir = Path(args.results_dir) / run
     if (run_dir / "test_metrics.json").is_file():
-        log.info("sweep: %s done already, reusing it", run_dir)
+        log.info("sweep run %s: %s seed %d done already, reusing %s", step, variant, seed, run_dir)
         return run_dir
     if run_dir.exists():  # an interrupted run of this sweep: the sweep owns the folder, start it over
-        log.info("sweep: %s is incomplete, running it again", run_dir)
+        log.info("sweep run %s: %s seed %d is incomplete in %s, running it again", step, variant, seed, run_dir)
         shutil.rmtree(run_dir)
+    else:
+        log.info("sweep run %s: %s seed %d -> %s", step, variant, seed, run_dir)
     configs = [c for base in args.config for c in ("-c", str(base))]
     configs += [c for f in overlays(variant) for c in ("-c", str(f))]
     cli.main(
@@ -78,7 +83,7 @@ def run_variant(variant: str, seed: int, args: argparse.Namespace) -> Path:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(
+    parser = JobParser(
         prog="python -m clip_lab sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
@@ -96,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per variant")
     parser.add_argument(
-        "--name", default="ablations", help="results/<name>/ holds the runs, results/<name>.json the table"
+        "--run", default="ablations", help="the sweep's name: results/<run>/ holds its runs, results/<run>.md its table"
     )
     parser.add_argument("--results_dir", default="results")
     parser.add_argument(
@@ -112,7 +117,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         overlays(variant)  # check every name before the first hour of training
     seeds = list(range(args.seeds))
 
-    runs = {v: [run_variant(v, s, args) for s in seeds] for v in args.variants}
+    total, step = len(args.variants) * len(seeds), itertools.count(1)  # variant by variant, seed by seed
+    runs = {v: [run_variant(v, s, args, f"{next(step)} of {total}") for s in seeds] for v in args.variants}
     tests = {v: [json.loads((d / "test_metrics.json").read_text()) for d in dirs] for v, dirs in runs.items()}
     summary = summarize({v: [t["metrics"] for t in results] for v, results in tests.items()})
     result = {
@@ -126,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for v in args.variants
         },
     }
-    out = Path(args.results_dir) / f"{args.name}.json"
+    out = Path(args.results_dir) / f"{args.run}.json"
     save_json(result, out)
     table = sweep_markdown(summary, seeds, args.variants)
     save_text(table, out.with_suffix(".md"))

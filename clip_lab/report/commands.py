@@ -73,18 +73,18 @@ class RunCommands:
         return command if self.ckpt.is_file() or self.config else f"{self.fit} && {command}"
 
     def sweep(self, name: str) -> str:
-        return f"python -m clip_lab sweep {self._configs} --seeds 3 --name {name}{self._rd}"
+        return f"python -m clip_lab sweep {self._configs} --seeds 3 --run {name}{self._rd}"
 
     def baselines(self, name: str) -> str:
-        return f"python -m clip_lab baselines {self._configs} --name {name}{self._rd}"
+        return f"python -m clip_lab baselines {self._configs} --run {name}{self._rd}"
 
     @property
     def search(self) -> str:
-        return self._after_fit(f'python -m clip_lab search --ckpt {self.ckpt} --text "{self.examples[0]}" --k 5')
+        return self._after_fit(f'python -m clip_lab search --ckpt_path {self.ckpt} --text "{self.examples[0]}" --k 5')
 
     @property
     def zeroshot(self) -> str:
         return self._after_fit(
-            f"python -m clip_lab zeroshot --ckpt {self.ckpt} --images {self.test_split} "
+            f"python -m clip_lab zeroshot --ckpt_path {self.ckpt} --images {self.test_split} "
             f"--classes {' '.join(self.examples[1])}"
         )

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from clip_lab.files import atomic_path, read_json, save_json
+from clip_lab.options import JobParser
 from clip_lab.report.commands import RunCommands
 
 log = logging.getLogger(__name__)
@@ -627,7 +628,7 @@ def figures(ctx: Context) -> dict[str, Callable[[], tuple[Any, str]]]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
-    parser = argparse.ArgumentParser(
+    parser = JobParser(
         prog="python -m clip_lab figures", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--results_dir", default="results", help="where runs and sweep summaries are")

@@ -24,6 +24,7 @@ import yaml
 
 from clip_lab.data.datasets import data_title
 from clip_lab.files import read_json, save_text
+from clip_lab.options import JobParser
 from clip_lab.report.commands import RunCommands
 from clip_lab.report.tables import (
     ablation_table,
@@ -671,7 +672,7 @@ def write_pdf(report: Path) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(
+    parser = JobParser(
         prog="python -m clip_lab report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--run", default="baseline", help="the run the report is about: results/<run>/")

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import csv
 import logging
+import sys
+import time
 import warnings
 from argparse import ArgumentError
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,10 @@ from lightning.pytorch.loggers import CSVLogger
 
 from clip_lab.data.datamodule import RetrievalData
 from clip_lab.errors import ClipLabError
+from clip_lab.files import read_json
 from clip_lab.models.text_towers import LSTMTextTower
+from clip_lab.options import renamed
+from clip_lab.train.console import fit_summary, plain_summary, quiet_lightning, test_summary, validate_summary
 from clip_lab.train.module import ARCHITECTURE, ClipLab, check_compatible
 from clip_lab.train.results import TestResults
 from clip_lab.train.runstats import RunStats
@@ -60,6 +66,26 @@ class RunCSVLogger(CSVLogger):
         return experiment
 
 
+class BestWeightsCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose best checkpoint holds the weights alone (with the model's and the data's settings): what
+    test, validate, search, zeroshot and embed read. last.ckpt stays whole, optimizer, schedule and loops included:
+    a killed run resumes from it. (With AdamW's two moments a whole checkpoint is about 3x the weights.)"""
+
+    @property
+    def state_key(self) -> str:
+        # ModelCheckpoint's own key, so a last.ckpt written before this class existed still resumes its best score
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
+        whole = self.save_weights_only
+        # weights only for every file but last.ckpt, when a whole last.ckpt is kept (not a link to the best one)
+        self.save_weights_only = whole or (self.save_last is True and filepath != self.last_model_path)
+        try:
+            super()._save_checkpoint(trainer, filepath)
+        finally:
+            self.save_weights_only = whole
+
+
 class ClipLabCLI(LightningCLI):
     """Adds `--run NAME`: config, CSV log, checkpoints and test metrics of a run all land in `<results_dir>/NAME/`."""
 
@@ -73,7 +99,7 @@ class ClipLabCLI(LightningCLI):
         parser.link_arguments("data.embed_dim", "model.embed_dim", apply_on="instantiate")
         parser.link_arguments("data.image_size", "model.image_size")
         parser.link_arguments("model.text_encoder", "data.text_encoder")  # tokens instead of cached embeddings
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(BestWeightsCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/rsum",  # sum of the six recalls: the usual single retrieval score
@@ -90,6 +116,12 @@ class ClipLabCLI(LightningCLI):
         # fit, validate, test; Lightning's `predict` has no meaning for this model: `python -m clip_lab embed`
         # writes embeddings of a split, a folder of images or a file of texts
         return {k: v for k, v in LightningCLI.subcommands().items() if k != "predict"}
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand in ("validate", "test"):  # after_validate / after_test print a compact table instead (--verbose
+            parser.set_defaults(verbose=False)  # true: Lightning's table of every logged value)
+        return parser
 
     def _run_dir(self) -> Path:
         config = self.config[self.config["subcommand"]]
@@ -127,6 +159,11 @@ class ClipLabCLI(LightningCLI):
             )
         if self.subcommand != "fit":
             return
+        if ckpt and "optimizer_states" not in torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True):
+            raise ClipLabError(
+                f"{ckpt} holds the model's weights alone (best.ckpt keeps no optimizer state), so a fit cannot "
+                f"resume from it: pass --ckpt_path {Path(ckpt).parent / 'last.ckpt'}"
+            )
         run_dir = self._run_dir()
         used = run_dir.is_dir() and any(
             p.name in ("config.yaml", "metrics.csv", "checkpoints") for p in run_dir.iterdir()
@@ -147,6 +184,21 @@ class ClipLabCLI(LightningCLI):
 
     def before_test(self) -> None:
         connect_text(self.model, self.datamodule)
+
+    def after_fit(self) -> None:
+        if self.trainer.is_global_zero and self.trainer.checkpoint_callback is not None:
+            print(fit_summary(self.trainer.checkpoint_callback, self._run_dir(), self.config.fit.results_dir))
+
+    def after_validate(self) -> None:
+        text = validate_summary(self.trainer.callback_metrics, self.trainer.ckpt_path)
+        if self.trainer.is_global_zero and text:
+            print(text)
+
+    def after_test(self) -> None:
+        path = Path(self.trainer.log_dir) / "test_metrics.json"  # where TestResults wrote (a collective under DDP)
+        fresh = path.is_file() and path.stat().st_mtime >= self._started
+        if self.trainer.is_global_zero and fresh and (result := read_json(path)):
+            print(test_summary(result, path))
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self.config_init[self.subcommand]
@@ -173,7 +225,9 @@ class ClipLabCLI(LightningCLI):
             on_gpu = config.trainer.get("accelerator") in ("auto", "gpu", "cuda") and torch.cuda.is_available()
             kwargs.setdefault("precision", "bf16-mixed" if on_gpu else "32-true")
         trainer = super().instantiate_trainer(**kwargs)
+        self._started = time.time()  # after_test prints the test_metrics.json written after this, not an older one
         if self.subcommand == "fit":
+            plain_summary(trainer)  # the model's size, without Lightning's FLOPs (always 0 here)
             trainer.callbacks.append(RunStats())  # results/<run>/run_stats.json: hardware, time, images/s
         if self.subcommand == "test":
             trainer.callbacks.append(TestResults())  # results/<run>/test_metrics.json and the report's examples
@@ -195,7 +249,37 @@ def connect_text(model: ClipLab, data: RetrievalData, fit: bool = False) -> None
     data.use_tokenizer(model.text_tower.tokenize)
 
 
+def check_config_files(argv: Sequence[str]) -> None:
+    """A run's `-c results/<run>/config.yaml` that does not exist: one line saying the run has not been fitted, the
+    runs that have been, and the command that fits it (jsonargparse would only say the file does not exist)."""
+    values = [b for a, b in zip(argv, argv[1:]) if a in ("-c", "--config")]
+    values += [a.partition("=")[2] for a in argv if a.startswith("--config=")]
+    missing = next((Path(v) for v in values if Path(v).name == "config.yaml" and not Path(v).exists()), None)
+    if missing is None:
+        return
+    given = [b for a, b in zip(argv, argv[1:]) if a == "--results_dir"]
+    given += [a.partition("=")[2] for a in argv if a.startswith("--results_dir=")]
+    run_dir = missing.parent
+    root = Path(given[-1] if given else "results")
+    if run_dir.parts[: len(root.parts)] != root.parts or run_dir == root:  # not under it: the folder above the run's
+        root = run_dir.parent
+    run = run_dir.relative_to(root).as_posix()
+    runs = sorted(p.parent.relative_to(root).as_posix() for p in root.glob("**/config.yaml")) if root.is_dir() else []
+    shown = ", ".join(runs[:8]) + (f" and {len(runs) - 8} more" if len(runs) > 8 else "")
+    rd = "" if root == Path("results") else f" --results_dir {root}"
+    raise ClipLabError(
+        f"run {run} has not been fitted: there is no {missing}; "
+        + (f"fitted runs in {root}/: {shown}" if runs else f"no run in {root}/ has been fitted yet")
+        + f". Fit it first: python -m clip_lab fit -c configs/coco.yaml --run {run}{rd}"
+    )
+
+
 def main(argv: list[str] | None = None) -> ClipLabCLI:
+    quiet_lightning()  # the litlogger tip, the TPU line: nothing a student can use
+    if torch.cuda.is_available():  # TF32 matmuls, as Lightning's hint asks (no effect on a CPU)
+        torch.set_float32_matmul_precision("high")
+    argv = renamed(sys.argv[1:] if argv is None else argv, {"--ckpt_path", "--run"})  # old spellings, with a warning
+    check_config_files(argv)
     with warnings.catch_warnings():
         # main(argv) is called in-process by the demo and the tests; the CLI warns about that by default
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
@@ -203,6 +287,9 @@ def main(argv: list[str] | None = None) -> ClipLabCLI:
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
         # jsonargparse 4.x deprecations of the API Lightning's CLI calls ((?s): their messages start with a newline)
         warnings.filterwarnings("ignore", message=r"(?s).*(was deprecated in v4\.|JsonargparseDeprecationWarning)")
+        # CSVLogger's alarm about a run folder that holds files: it deletes metrics.csv alone, which a fit only finds
+        # when resuming (RunCSVLogger keeps its rows); the folder's other files (a demo's kept results) stay as they are
+        warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
         try:
             return ClipLabCLI(
                 ClipLab,

@@ -213,7 +213,7 @@ def test_without_faiss_hnsw_is_one_clear_line_before_the_model_loads(monkeypatch
     assert open_index(IndexSpec(), torch.eye(3), tmp_path / "g.pt").top_k(torch.eye(3)[1], 1) == ([1.0], [1])
     # the checkpoint does not exist: the error is about FAISS, so it was checked first
     capsys.readouterr()
-    assert main(["search", "--ckpt", str(tmp_path / "none.ckpt"), "--text", "a cat", "--index", "hnsw"]) == 2
+    assert main(["search", "--ckpt_path", str(tmp_path / "none.ckpt"), "--text", "a cat", "--index", "hnsw"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs FAISS" in err[0], err
     assert main(["bench", "--only", "index", "--root", str(tmp_path / "b"), "--out", str(tmp_path / "b.json")]) == 2
@@ -230,7 +230,7 @@ def test_without_faiss_hnsw_is_one_clear_line_before_the_model_loads(monkeypatch
 )
 def test_bad_index_settings_are_one_line_before_the_model_loads(tmp_path, capsys, flag, value, message):
     capsys.readouterr()
-    assert main(["search", "--ckpt", str(tmp_path / "none.ckpt"), "--text", "a cat", flag, value]) == 2
+    assert main(["search", "--ckpt_path", str(tmp_path / "none.ckpt"), "--text", "a cat", flag, value]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
 
@@ -239,7 +239,7 @@ def test_bad_index_settings_are_one_line_before_the_model_loads(tmp_path, capsys
 def test_search_with_hnsw_returns_the_exact_top_k_and_keeps_its_index_beside_the_gallery(
     trained_run, demo_root, tmp_path, caplog
 ):
-    common = ["--ckpt", ckpt_of(trained_run), "--k", "10", "--cache_dir", str(tmp_path / "cache")]
+    common = ["--ckpt_path", ckpt_of(trained_run), "--k", "10", "--cache_dir", str(tmp_path / "cache")]
     text = [*common, "--text", "a red circle"]
     exact = search.main([*text, "--out", str(tmp_path / "exact.json")])
     hnsw = search.main([*text, "--index", "hnsw", "--ef_search", "400", "--out", str(tmp_path / "hnsw.json")])
@@ -284,7 +284,7 @@ def test_bench_index_part_prints_and_writes_its_table(trained_run, tmp_path, cap
                 "--small",
                 "--only",
                 "index",
-                "--index_ckpt",
+                "--ckpt_path",
                 ckpt_of(trained_run),
                 "--root",
                 str(tmp_path / "root"),

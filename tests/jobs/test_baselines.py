@@ -27,7 +27,7 @@ def baselines(trained_run, tmp_path_factory):
                 "baselines",
                 "-c",
                 str(trained_run / "config.yaml"),
-                "--name",
+                "--run",
                 "b",
                 "--results_dir",
                 str(results),

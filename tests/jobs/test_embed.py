@@ -34,7 +34,15 @@ def test_a_split_gives_every_image_and_caption_with_their_links(trained_run, dem
     out = tmp_path / "val.pt"
     assert (
         main(
-            ["embed", "--ckpt", str(trained_run / "checkpoints" / "best.ckpt"), "--split", "val2014", "--out", str(out)]
+            [
+                "embed",
+                "--ckpt_path",
+                str(trained_run / "checkpoints" / "best.ckpt"),
+                "--split",
+                "val2014",
+                "--out",
+                str(out),
+            ]
         )
         == 0
     )
@@ -57,13 +65,13 @@ def test_a_folder_of_images_and_a_file_of_texts(trained_run, demo_root, text_mod
     sources = sorted((demo_root / "val2014").iterdir())[:3]
     for f in sources:
         (folder / f.name).write_bytes(f.read_bytes())
-    images = embed.main(["--ckpt", ckpt, "--images", str(tmp_path / "photos"), "--out", str(tmp_path / "i.pt")])
+    images = embed.main(["--ckpt_path", ckpt, "--images", str(tmp_path / "photos"), "--out", str(tmp_path / "i.pt")])
     assert images["file_names"] == [f"nested/{f.name}" for f in sources]
     assert torch.allclose(images["image_embeddings"], by_hand(model, sources), atol=ATOL)
 
     texts = tmp_path / "queries.txt"
     texts.write_text("a red circle\n\n  a small blue square  \n", encoding="utf-8")
-    result = embed.main(["--ckpt", ckpt, "--texts", str(texts)])
+    result = embed.main(["--ckpt_path", ckpt, "--texts", str(texts)])
     assert result["texts"] == ["a red circle", "a small blue square"]
     expected = TextEncoder(text_model, 32).encode(result["texts"])
     assert torch.allclose(result["text_embeddings"], expected, atol=TEXT_ATOL)
@@ -76,7 +84,7 @@ def test_texts_with_words_the_encoder_does_not_know_are_named(trained_run, tmp_p
     texts.write_text("a red sport\nfootball match\na blue circle\n")
     result = embed.main(
         [
-            "--ckpt",
+            "--ckpt_path",
             str(trained_run / "checkpoints" / "best.ckpt"),
             "--texts",
             str(texts),
@@ -104,9 +112,9 @@ def test_bad_input_is_one_line(trained_run, tmp_path, capsys):
     ):
         if not argv:
             with pytest.raises(SystemExit):
-                embed.main(["--ckpt", ckpt])
+                embed.main(["--ckpt_path", ckpt])
             assert message in capsys.readouterr().err
             continue
-        assert main(["embed", "--ckpt", ckpt, *argv]) == 2
+        assert main(["embed", "--ckpt_path", ckpt, *argv]) == 2
         err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
         assert len(err) == 1 and message in err[0], (argv, err)

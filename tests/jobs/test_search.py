@@ -27,6 +27,16 @@ def ckpt_of(run):
     return str(run / "checkpoints" / "best.ckpt")
 
 
+@pytest.fixture
+def own_run(trained_run, tmp_path):
+    """A run folder of this test's own holding (a link to) the trained best.ckpt: a search's default output lands
+    there, not in the shared run, which other tests copy and whose newest result the report shows."""
+    run = tmp_path / "results" / "t"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "best.ckpt").symlink_to(trained_run / "checkpoints" / "best.ckpt")
+    return run
+
+
 @pytest.fixture(scope="module")
 def direct(trained_run, demo_root):
     """Every val2014 image embedded by hand (decode, centre crop, model), in the split's order, and the model."""
@@ -37,9 +47,9 @@ def direct(trained_run, demo_root):
         return split, model(center_crop(torch.from_numpy(squares), 64))
 
 
-def test_text_query_returns_k_distinct_images_best_first(trained_run, demo_root, text_model, direct, tmp_path):
+def test_text_query_returns_k_distinct_images_best_first(own_run, demo_root, text_model, direct, tmp_path):
     result = search.main(
-        ["--ckpt", ckpt_of(trained_run), "--text", "a red circle", "--k", "5", "--cache_dir", str(tmp_path / "cache")]
+        ["--ckpt_path", ckpt_of(own_run), "--text", "a red circle", "--k", "5", "--cache_dir", str(tmp_path / "cache")]
     )
     split, images = direct
     rows = result["results"]
@@ -62,7 +72,7 @@ def test_text_query_returns_k_distinct_images_best_first(trained_run, demo_root,
         >= 3
     )
 
-    out = trained_run / "search" / "text-a-red-circle_val2014.json"
+    out = own_run / "search" / "text-a-red-circle_val2014.json"
     assert json.loads(out.read_text())["results"] == rows and result["split"] == "val2014"
     with Image.open(out.with_suffix(".png")) as figure:
         assert figure.format == "PNG"
@@ -70,7 +80,7 @@ def test_text_query_returns_k_distinct_images_best_first(trained_run, demo_root,
 
 def test_gallery_is_cached_reused_and_rebuilt_for_another_checkpoint(trained_run, tmp_path, caplog):
     args = [
-        "--ckpt",
+        "--ckpt_path",
         ckpt_of(trained_run),
         "--text",
         "a blue square",
@@ -112,7 +122,7 @@ def test_gallery_is_cached_reused_and_rebuilt_for_another_checkpoint(trained_run
 
 
 def test_unknown_query_words_are_named_in_one_warning(trained_run, tmp_path, caplog):
-    common = ["--ckpt", ckpt_of(trained_run), "--k", "3", "--out", str(tmp_path / "out.json")]
+    common = ["--ckpt_path", ckpt_of(trained_run), "--k", "3", "--out", str(tmp_path / "out.json")]
     with caplog.at_level(logging.WARNING, logger="clip_lab"):
         result = search.main([*common, "--text", "a red sport"])  # the demo knows "red", not "sport"
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
@@ -132,12 +142,12 @@ def test_unknown_query_words_are_named_in_one_warning(trained_run, tmp_path, cap
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
-def test_image_query_returns_top_captions_from_the_caption_cache(trained_run, demo_root, direct):
+def test_image_query_returns_top_captions_from_the_caption_cache(trained_run, own_run, demo_root, direct):
     split, images = direct
     captions = caption_cache_path(trained_run.parent.parent / "cache", split, str(demo_root / "clip_tiny"), 32)
     stamp = captions.stat().st_mtime_ns
     query = demo_root / "val2014" / split.file_names[3]
-    result = search.main(["--ckpt", ckpt_of(trained_run), "--image", str(query), "--k", "7"])
+    result = search.main(["--ckpt_path", ckpt_of(own_run), "--image", str(query), "--k", "7"])
     rows = result["results"]
     assert len(rows) == 7 and len({r["caption_id"] for r in rows}) == 7
     assert result["gallery"] == {"kind": "captions", "n": 480, "cache": str(captions)}
@@ -148,7 +158,7 @@ def test_image_query_returns_top_captions_from_the_caption_cache(trained_run, de
     by_id = dict(zip(split.caption_ids.tolist(), split.captions))
     assert all(by_id[r["caption_id"]] == r["caption"] for r in rows)
     assert all(r["image_id"] in split.image_ids for r in rows)
-    assert (trained_run / "search" / "image-coco-val2014-000001000004_val2014.png").is_file()
+    assert (own_run / "search" / "image-coco-val2014-000001000004_val2014.png").is_file()
 
 
 @pytest.mark.parametrize(
@@ -159,7 +169,7 @@ def test_image_query_returns_top_captions_from_the_caption_cache(trained_run, de
         ({"--text": "   "}, "empty query"),
         ({"--text": None, "--image": "nowhere.jpg"}, "query image nowhere.jpg does not exist"),
         ({"--text": None, "--image": "BAD"}, "cannot read image"),
-        ({"--ckpt": "BAD"}, "cannot load"),
+        ({"--ckpt_path": "BAD"}, "cannot load"),
         ({"--split": "test2015"}, "unknown split 'test2015' for dataset 'coco'"),
         ({"--k": "0"}, "--k must be at least 1"),
     ],
@@ -167,7 +177,7 @@ def test_image_query_returns_top_captions_from_the_caption_cache(trained_run, de
 def test_bad_input_is_one_clear_line(trained_run, demo_root, tmp_path, capsys, change, message):
     (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
     stand_in = {"BAD": str(tmp_path / "bad.jpg"), "QUERY": str(demo_root / "val2014" / "COCO_val2014_000001000001.jpg")}
-    args = {"--ckpt": ckpt_of(trained_run), "--text": "a red circle"}
+    args = {"--ckpt_path": ckpt_of(trained_run), "--text": "a red circle"}
     args |= {k: stand_in.get(v, v) for k, v in change.items()}
     capsys.readouterr()
     assert main(["search", *[x for k, v in args.items() if v is not None for x in (k, v)]]) == 2
@@ -185,7 +195,7 @@ def test_images_the_cache_skipped_never_come_back_from_search_or_zeroshot(traine
     split = load_coco_split(root, "val2014")
     split.image_path(0).write_bytes(b"")  # unreadable: skipped by the image cache
     common = [
-        "--ckpt",
+        "--ckpt_path",
         ckpt_of(trained_run),
         "--data_root",
         str(root),
@@ -213,3 +223,63 @@ def test_images_the_cache_skipped_never_come_back_from_search_or_zeroshot(traine
         ]
     )
     assert out["source"]["skipped_unreadable"] == 1 and len(out["predictions"]) == 95
+
+
+def test_k_beyond_the_gallery_warns_returns_the_gallery_and_keeps_the_figure_small(
+    trained_run, demo_root, tmp_path, caplog
+):
+    common = ["--ckpt_path", ckpt_of(trained_run), "--k", "500"]
+    with caplog.at_level(logging.WARNING, logger="clip_lab"):
+        result = search.main([*common, "--text", "a red circle", "--out", str(tmp_path / "t.json")])
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warning == "--k 500 is more than the 96 images of val2014 the gallery holds: returning all 96"
+    assert result["k"] == len(result["results"]) == 96 and len({r["image_id"] for r in result["results"]}) == 96
+    with Image.open(tmp_path / "t.png") as figure:  # the first 25 drawn, 5 rows of 5 at 100 dpi: not 20 rows
+        assert figure.size == (1200, 1350)
+
+    caplog.clear()
+    query = demo_root / "val2014" / "COCO_val2014_000001000001.jpg"
+    with caplog.at_level(logging.WARNING, logger="clip_lab"):
+        result = search.main([*common, "--image", str(query), "--k", "1000", "--out", str(tmp_path / "i.json")])
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warning == "--k 1000 is more than the 480 captions of val2014 the gallery holds: returning all 480"
+    assert result["k"] == len(result["results"]) == 480
+    with Image.open(tmp_path / "i.png") as figure:  # 25 caption lines, not 480
+        assert figure.size[1] < 600
+
+
+def test_a_second_search_into_the_same_output_is_written_beside_it_not_over_it(own_run, tmp_path):
+    first = search.main(["--ckpt_path", ckpt_of(own_run), "--text", "a red circle", "--k", "3"])
+    folder = own_run / "search"
+    assert first["json"] == str(folder / "text-a-red-circle_val2014.json")
+    stamp = (folder / "text-a-red-circle_val2014.json").stat().st_mtime_ns
+    second = search.main(["--ckpt_path", ckpt_of(own_run), "--text", "a red circle", "--k", "4"])
+    assert second["json"] == str(folder / "text-a-red-circle_val2014-2.json")
+    assert second["figure"] == str(folder / "text-a-red-circle_val2014-2.png")
+    assert (folder / "text-a-red-circle_val2014.json").stat().st_mtime_ns == stamp  # the first one as it was
+    assert len(json.loads((folder / "text-a-red-circle_val2014-2.json").read_text())["results"]) == 4
+    # an --out that exists is kept too; a free name is taken as given
+    out = tmp_path / "mine.json"
+    assert search.main(["--ckpt_path", ckpt_of(own_run), "--text", "a square", "--out", str(out)])["json"] == str(out)
+    again = search.main(["--ckpt_path", ckpt_of(own_run), "--text", "a square", "--out", str(out)])
+    assert again["json"] == str(tmp_path / "mine-2.json") and (tmp_path / "mine-2.png").is_file()
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "text-a-red-circle_val2014-2.json",
+        "text-a-red-circle_val2014-2.png",
+        "text-a-red-circle_val2014.json",
+        "text-a-red-circle_val2014.png",
+    ]
+
+
+def test_the_old_ckpt_spelling_still_works_with_one_warning(trained_run, tmp_path, monkeypatch, caplog):
+    from clip_lab import options
+
+    monkeypatch.setattr(options, "_warned", set())  # as in a fresh process
+    args = ["--ckpt", ckpt_of(trained_run), "--text", "a red circle", "--k", "2", "--out", str(tmp_path / "s.json")]
+    with caplog.at_level(logging.WARNING, logger="clip_lab"):
+        old = search.main(args)
+        again = search.main(args)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == ["--ckpt is deprecated: use --ckpt_path (the old spelling goes in the next release)"]
+    assert old["checkpoint"] == again["checkpoint"] == ckpt_of(trained_run)
+    assert [r["image_id"] for r in old["results"]] == [r["image_id"] for r in again["results"]]

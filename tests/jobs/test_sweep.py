@@ -1,6 +1,7 @@
 """The ablation sweep: known means, spreads and verdicts from hand-made results; a real 2-seed sweep on the demo."""
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -94,3 +95,42 @@ def test_two_seed_sweep_on_the_demo_runs_end_to_end_and_resumes(demo_root, tmp_p
     stamp = (results / "ablations" / "baseline" / "seed0" / "test_metrics.json").stat().st_mtime_ns
     assert main(argv) == 0  # everything done: reused, not retrained
     assert (results / "ablations" / "baseline" / "seed0" / "test_metrics.json").stat().st_mtime_ns == stamp
+
+
+def test_the_sweep_says_which_run_of_how_many_it_is_on_and_takes_the_old_name_option(tmp_path, monkeypatch, caplog):
+    """fit and test stood in for by a stub that writes a test result: the sweep's own bookkeeping, in seconds."""
+    from clip_lab import options
+    from clip_lab.jobs import sweep
+
+    calls = []
+
+    def fake_cli(argv):
+        calls.append(argv[0])
+        if argv[0] == "test":
+            run_dir = Path(argv[argv.index("-c") + 1]).parent
+            run_dir.mkdir(parents=True, exist_ok=True)
+            result = {"protocol": {"name": "val2014"}, "metrics": fake_metrics(0.3)}
+            (run_dir / "test_metrics.json").write_text(json.dumps(result))
+
+    monkeypatch.setattr(sweep.cli, "main", fake_cli)
+    monkeypatch.setattr(options, "_warned", set())
+    results = tmp_path / "results"
+    argv = ["sweep", "--variants", "baseline", "bn_head", "--seeds", "2", "--results_dir", str(results)]
+    with caplog.at_level(logging.INFO, logger="clip_lab"):
+        assert main([*argv, "--name", "abl"]) == 0
+    said = [r.getMessage() for r in caplog.records]
+    assert "--name is deprecated: use --run (the old spelling goes in the next release)" in said
+    steps = [m for m in said if m.startswith("sweep run ")]
+    assert steps == [
+        f"sweep run {i} of 4: {v} seed {s} -> {results / 'abl' / v / f'seed{s}'}"
+        for i, (v, s) in enumerate([("baseline", 0), ("baseline", 1), ("bn_head", 0), ("bn_head", 1)], 1)
+    ]
+    assert calls == ["fit", "test"] * 4 and (results / "abl.json").is_file() and (results / "abl.md").is_file()
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="clip_lab"):
+        assert main([*argv, "--run", "abl"]) == 0  # the same sweep: every run is reused
+    reused = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sweep run ")]
+    first = results / "abl" / "baseline" / "seed0"
+    assert reused[0] == f"sweep run 1 of 4: baseline seed 0 done already, reusing {first}"
+    assert len(reused) == 4 and calls == ["fit", "test"] * 4

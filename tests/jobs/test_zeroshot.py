@@ -30,8 +30,18 @@ def ckpt_of(run):
     return str(run / "checkpoints" / "best.ckpt")
 
 
-def test_split_probabilities_accuracy_and_chance_are_what_they_say(trained_run, demo_root, text_model, capsys):
-    result = zeroshot.main(["--ckpt", ckpt_of(trained_run), "--images", "val2014", "--classes", *SHAPES])
+@pytest.fixture
+def own_run(trained_run, tmp_path):
+    """A run folder of this test's own holding (a link to) the trained best.ckpt: a zero-shot's default output lands
+    there, not in the shared run, which other tests copy and whose newest result the report shows."""
+    run = tmp_path / "results" / "t"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "best.ckpt").symlink_to(trained_run / "checkpoints" / "best.ckpt")
+    return run
+
+
+def test_split_probabilities_accuracy_and_chance_are_what_they_say(trained_run, own_run, demo_root, text_model, capsys):
+    result = zeroshot.main(["--ckpt_path", ckpt_of(own_run), "--images", "val2014", "--classes", *SHAPES])
     preds = result["predictions"]
     assert result["n_images"] == len(preds) == 96 and result["source"]["kind"] == "split"
 
@@ -60,7 +70,7 @@ def test_split_probabilities_accuracy_and_chance_are_what_they_say(trained_run, 
         assert sum(p["probs"].values()) == pytest.approx(1, abs=1e-4)
         assert p["predicted"] == max(p["probs"], key=p["probs"].get) and p["probability"] == p["probs"][p["predicted"]]
 
-    out = trained_run / "zeroshot" / "val2014_circle-square-triangle-diamond-cross.json"  # images and classes
+    out = own_run / "zeroshot" / "val2014_circle-square-triangle-diamond-cross.json"  # images and classes
     assert result["json"] == str(out) and json.loads(out.read_text())["accuracy"] == result["accuracy"]
     with Image.open(out.with_suffix(".png")) as figure:
         assert figure.format == "PNG" and min(figure.size) > 200
@@ -86,7 +96,7 @@ def test_class_folders_give_accuracy_well_above_chance(trained_run, demo_root, t
     (folder / "red").mkdir(exist_ok=True)
     result = zeroshot.main(
         [
-            "--ckpt",
+            "--ckpt_path",
             ckpt_of(trained_run),
             "--images",
             str(folder),
@@ -104,14 +114,14 @@ def test_class_folders_give_accuracy_well_above_chance(trained_run, demo_root, t
     assert (tmp_path / "out" / "colours.png").is_file()
 
 
-def test_one_image_file_with_own_templates(trained_run, demo_root, tmp_path):
+def test_one_image_file_with_own_templates(own_run, demo_root, tmp_path):
     templates = tmp_path / "prompts.yaml"
     templates.write_text("templates:\n  - a {}\n  - a picture of a {}\n")
     image = demo_root / "val2014" / "COCO_val2014_000001000003.jpg"
     result = zeroshot.main(
         [
-            "--ckpt",
-            ckpt_of(trained_run),
+            "--ckpt_path",
+            ckpt_of(own_run),
             "--images",
             str(image),
             "--classes",
@@ -124,13 +134,13 @@ def test_one_image_file_with_own_templates(trained_run, demo_root, tmp_path):
     assert result["n_images"] == 1 and result["source"]["kind"] == "file" and result["accuracy"] is None
     assert result["templates"] == ["a {}", "a picture of a {}"]
     assert set(result["predictions"][0]["probs"]) == {"circle", "square"}
-    assert (trained_run / "zeroshot" / "coco-val2014-000001000003_circle-square.png").is_file()
+    assert (own_run / "zeroshot" / "coco-val2014-000001000003_circle-square.png").is_file()
 
 
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"--ckpt": "nowhere.ckpt"}, "checkpoint nowhere.ckpt does not exist"),
+        ({"--ckpt_path": "nowhere.ckpt"}, "checkpoint nowhere.ckpt does not exist"),
         ({"--classes": []}, "at least two non-empty class names"),
         ({"--classes": ["circle", "circle"]}, "class names repeat"),
         ({"--images": "nowhere.jpg"}, "--images nowhere.jpg: no such file or folder"),
@@ -149,7 +159,7 @@ def test_bad_input_is_one_clear_line(trained_run, tmp_path, capsys, change, mess
         "EMPTY": str(tmp_path / "empty"),
         "NO_SLOT": str(tmp_path / "no_slot.yaml"),
     }
-    args = {"--ckpt": [ckpt_of(trained_run)], "--images": ["val2014"], "--classes": ["circle", "square"]}
+    args = {"--ckpt_path": [ckpt_of(trained_run)], "--images": ["val2014"], "--classes": ["circle", "square"]}
     args |= {k: v if isinstance(v, list) else [stand_in.get(v, v)] for k, v in change.items()}
     capsys.readouterr()
     assert main(["zeroshot", *[x for k, v in args.items() for x in (k, *v)]]) == 2
@@ -184,7 +194,7 @@ def test_classes_that_embed_identically_tie_and_never_count_as_skill(trained_run
     with caplog.at_level(logging.WARNING, logger="clip_lab"):
         result = zeroshot.main(
             [
-                "--ckpt",
+                "--ckpt_path",
                 ckpt_of(trained_run),
                 "--images",
                 str(folder),
@@ -220,7 +230,7 @@ def test_unknown_words_of_classes_and_templates_are_named(trained_run, demo_root
     with caplog.at_level(logging.WARNING, logger="clip_lab"):
         result = zeroshot.main(
             [
-                "--ckpt",
+                "--ckpt_path",
                 ckpt_of(trained_run),
                 "--images",
                 str(image),
@@ -251,7 +261,7 @@ def test_known_words_give_no_warning(trained_run, demo_root, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="clip_lab"):
         result = zeroshot.main(
             [
-                "--ckpt",
+                "--ckpt_path",
                 ckpt_of(trained_run),
                 "--images",
                 str(image),
@@ -264,3 +274,18 @@ def test_known_words_give_no_warning(trained_run, demo_root, tmp_path, caplog):
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert result["unknown_words"] == {"classes": {}, "templates": []} and result["tied_images"] == 0
     assert result["predictions"][0]["tied"] == [] and result["predictions"][0]["predicted"] in SHAPES
+
+
+def test_a_second_result_of_the_same_name_is_numbered_and_the_first_kept(own_run, demo_root, capsys):
+    image = demo_root / "val2014" / "COCO_val2014_000001000003.jpg"
+    args = ["--ckpt_path", ckpt_of(own_run), "--images", str(image), "--classes", "circle", "square"]
+    folder = own_run / "zeroshot"
+    first = zeroshot.main(args)
+    assert first["json"] == str(folder / "coco-val2014-000001000003_circle-square.json")
+    stamp = (folder / "coco-val2014-000001000003_circle-square.json").stat().st_mtime_ns
+    second = zeroshot.main([*args, "--show", "1"])
+    assert second["json"] == str(folder / "coco-val2014-000001000003_circle-square-2.json")
+    assert second["figure"] == str(folder / "coco-val2014-000001000003_circle-square-2.png")
+    assert (folder / "coco-val2014-000001000003_circle-square.json").stat().st_mtime_ns == stamp
+    assert len(list(folder.iterdir())) == 4  # two results, each a JSON and a PNG
+    assert f"wrote {second['json']} and {second['figure']}" in capsys.readouterr().out

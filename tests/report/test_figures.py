@@ -62,7 +62,7 @@ def results(trained_run, tmp_path_factory):
     ckpt = str(trained_run / "checkpoints" / "best.ckpt")
     search.main(
         [
-            "--ckpt",
+            "--ckpt_path",
             ckpt,
             "--text",
             "a red circle",
@@ -73,7 +73,16 @@ def results(trained_run, tmp_path_factory):
         ]
     )
     zeroshot.main(
-        ["--ckpt", ckpt, "--images", "val2014", "--classes", *SHAPES, "--out", str(run / "zeroshot" / "val2014.json")]
+        [
+            "--ckpt_path",
+            ckpt,
+            "--images",
+            "val2014",
+            "--classes",
+            *SHAPES,
+            "--out",
+            str(run / "zeroshot" / "val2014.json"),
+        ]
     )
     fake_sweep(results)
     return results
@@ -122,8 +131,11 @@ def test_missing_inputs_are_entries_naming_their_command(tmp_path, capsys):
         set(e) == {"missing", "command"} and e["command"].startswith("python -m clip_lab ") for e in manifest.values()
     )
     assert "fit -c configs/coco.yaml --run r" in manifest["loss"]["command"]
-    assert "sweep -c configs/coco.yaml --seeds 3 --name ablations" in manifest["recall_ablations"]["command"]
-    assert f"search --ckpt {tmp_path / 'results' / 'r' / 'checkpoints' / 'best.ckpt'}" in manifest["search"]["command"]
+    assert "sweep -c configs/coco.yaml --seeds 3 --run ablations" in manifest["recall_ablations"]["command"]
+    assert (
+        f"search --ckpt_path {tmp_path / 'results' / 'r' / 'checkpoints' / 'best.ckpt'}"
+        in manifest["search"]["command"]
+    )
     assert " test -c " in manifest["similarity"]["command"] and "zeroshot --ckpt" in manifest["zeroshot"]["command"]
     assert capsys.readouterr().out.count("MISSING") == 7
     assert not list(out.glob("*.png"))

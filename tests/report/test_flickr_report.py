@@ -62,8 +62,8 @@ def flickr(tmp_path_factory, text_model):
     run = results / "fl"
     assert main(["test", "-c", str(run / "config.yaml")]) == 0  # its best checkpoint, found by itself
     ckpt = str(run / "checkpoints" / "best.ckpt")
-    assert main(["zeroshot", "--ckpt", ckpt, "--images", "test", "--classes", "red", "green", "blue"]) == 0
-    assert main(["search", "--ckpt", ckpt, "--text", "a red circle", "--k", "3"]) == 0
+    assert main(["zeroshot", "--ckpt_path", ckpt, "--images", "test", "--classes", "red", "green", "blue"]) == 0
+    assert main(["search", "--ckpt_path", ckpt, "--text", "a red circle", "--k", "3"]) == 0
     return {"tmp": tmp, "root": root, "results": results, "run": run, "expected": expected}
 
 

@@ -21,9 +21,9 @@ def test_empty_results_give_a_report_that_names_each_missing_command(tmp_path):
     )
     text = (tmp_path / "report" / "report.md").read_text()
     assert out["missing"] == 9  # every block but the title
-    assert "python -m clip_lab baselines -c configs/coco.yaml --name baselines" in text
+    assert "python -m clip_lab baselines -c configs/coco.yaml --run baselines" in text
     assert "python -m clip_lab fit -c configs/coco.yaml --run baseline" in text
-    assert "python -m clip_lab sweep -c configs/coco.yaml --seeds 3 --name ablations" in text
+    assert "python -m clip_lab sweep -c configs/coco.yaml --seeds 3 --run ablations" in text
     assert "python -m clip_lab figures" in text
     for section in (
         "## 1. Introduction",
@@ -121,11 +121,11 @@ def lab_outputs(trained_run, tmp_path_factory):
     shutil.copytree(trained_run, results / "t")
     ckpt = str(results / "t" / "checkpoints" / "best.ckpt")
     zeroshot.main(
-        ["--ckpt", ckpt, "--images", "val2014", "--classes", "circle", "square", "triangle", "diamond", "cross"]
+        ["--ckpt_path", ckpt, "--images", "val2014", "--classes", "circle", "square", "triangle", "diamond", "cross"]
     )
     time.sleep(0.05)  # distinct modification times: "newest" must not depend on the clock's resolution
-    zeroshot.main(["--ckpt", ckpt, "--images", "val2014", "--classes", "person", "animal", "landscape"])
-    search.main(["--ckpt", ckpt, "--text", "a red circle", "--k", "5"])
+    zeroshot.main(["--ckpt_path", ckpt, "--images", "val2014", "--classes", "person", "animal", "landscape"])
+    search.main(["--ckpt_path", ckpt, "--text", "a red circle", "--k", "5"])
     return results
 
 

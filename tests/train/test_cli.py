@@ -2,14 +2,19 @@
 
 import csv
 import json
+import logging
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
+from clip_lab import options
 from clip_lab.__main__ import main
 from clip_lab.data.synthetic import make_demo_dataset
 from clip_lab.files import CONFIGS
+from clip_lab.train import cli
+from clip_lab.train.console import LIGHTNING_INFO, ModelSize, fit_summary, quiet_lightning
 
 
 def test_fit_writes_config_log_and_checkpoints(trained_run):
@@ -147,3 +152,150 @@ def test_predict_is_no_job_and_says_where_embeddings_come_from(capsys):
     assert main(["predict", "-c", str(CONFIGS / "coco.yaml")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown job 'predict'" in err[0] and "python -m clip_lab embed" in err[0]
+
+
+# -- disk: the best checkpoint holds the weights alone, last.ckpt everything a resumed fit needs ---------------------
+def test_best_checkpoint_holds_the_weights_alone_and_last_the_whole_state(trained_run):
+    best = torch.load(trained_run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    last = torch.load(trained_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    for key in ("optimizer_states", "lr_schedulers", "callbacks"):
+        assert key not in best and key in last, key
+    assert best["state_dict"].keys() == last["state_dict"].keys()
+    assert best["hyper_parameters"] == last["hyper_parameters"] and "datamodule_hyper_parameters" in best
+    # the callback state in last.ckpt is ModelCheckpoint's own key: runs checkpointed before keep resuming their best
+    (key,) = [k for k in last["callbacks"] if "ModelCheckpoint" in k]
+    assert key.startswith("ModelCheckpoint{") and last["callbacks"][key]["best_model_path"].endswith("best.ckpt")
+    sizes = {p.name: p.stat().st_size for p in (trained_run / "checkpoints").iterdir()}
+    assert sizes["best.ckpt"] < 0.5 * sizes["last.ckpt"]  # AdamW's two moments: a whole checkpoint is ~3x the weights
+
+
+def test_a_fit_cannot_resume_from_the_weights_only_best_checkpoint(trained_run, capsys):
+    best = trained_run / "checkpoints" / "best.ckpt"
+    assert main(["fit", "-c", str(trained_run / "config.yaml"), "--ckpt_path", str(best)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert err == [
+        f"error: {best} holds the model's weights alone (best.ckpt keeps no optimizer state), so a fit cannot "
+        f"resume from it: pass --ckpt_path {trained_run / 'checkpoints' / 'last.ckpt'}"
+    ]
+
+
+# -- the console -------------------------------------------------------------------------------------------------------
+def test_test_before_fit_says_the_run_has_not_been_fitted(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for run in ("baseline", "ablations/bn_head/seed0"):
+        (tmp_path / "results" / run).mkdir(parents=True)
+        (tmp_path / "results" / run / "config.yaml").write_text("run: x\n")
+    assert main(["test", "-c", "results/demo/config.yaml"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: run demo has not been fitted: there is no results/demo/config.yaml; fitted runs in results/: "
+        "ablations/bn_head/seed0, baseline. Fit it first: python -m clip_lab fit -c configs/coco.yaml --run demo"
+    ]
+    other = tmp_path / "elsewhere"
+    assert main(["test", "-c", f"{other}/mine/config.yaml", "--results_dir", str(other)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: run mine has not been fitted: there is no {other}/mine/config.yaml; no run in {other}/ has been "
+        f"fitted yet. Fit it first: python -m clip_lab fit -c configs/coco.yaml --run mine --results_dir {other}"
+    ]
+
+
+def test_fit_ends_with_the_best_checkpoint_its_rsum_and_the_test_command(trained_run):
+    rows = [r for r in csv.DictReader((trained_run / "metrics.csv").open()) if r.get("val/rsum")]
+    best_row = max(rows, key=lambda r: float(r["val/rsum"]))
+    best = trained_run / "checkpoints" / "best.ckpt"
+    callback = SimpleNamespace(
+        best_model_path=str(best),
+        best_model_score=torch.tensor(float(best_row["val/rsum"])),
+        monitor="val/rsum",
+        last_model_path=str(trained_run / "checkpoints" / "last.ckpt"),
+    )
+    results = trained_run.parent
+    assert fit_summary(callback, trained_run, str(results)) == (
+        f"fit done: best checkpoint {best} (epoch {int(best_row['epoch'])}, val/rsum {float(best_row['val/rsum']):.3f})"
+        f"\nnext, test it: python -m clip_lab test -c {trained_run / 'config.yaml'} --results_dir {results}"
+    )
+    assert fit_summary(callback, Path("results/t"), "results").endswith(
+        "next, test it: python -m clip_lab test -c results/t/config.yaml"
+    )
+    callback.best_model_path = ""
+    assert fit_summary(callback, trained_run, "results").startswith("fit done, without a best checkpoint (val/rsum")
+
+
+def test_test_and_validate_print_a_compact_table_and_test_where_it_wrote(
+    trained_run, tmp_path, monkeypatch, capsys, caplog
+):
+    results = tmp_path / "results"
+    shutil.copytree(trained_run / "checkpoints", results / "t" / "checkpoints")
+    best = results / "t" / "checkpoints" / "best.ckpt"
+    monkeypatch.setattr(options, "_warned", set())
+    common = ["-c", str(trained_run / "config.yaml"), "--results_dir", str(results), "--run", "t"]
+    with caplog.at_level(logging.WARNING, logger="clip_lab"):
+        assert main(["test", *common, "--ckpt", str(best)]) == 0  # the old spelling, still read
+    assert "--ckpt is deprecated: use --ckpt_path (the old spelling goes in the next release)" in caplog.messages
+    out = capsys.readouterr().out
+    result = json.loads((results / "t" / "test_metrics.json").read_text())
+    m = result["metrics"]
+    row = lambda d: f"{d:<6}" + "".join(f"{m[f'{d}_R@{k}']:>8.3f}" for k in (1, 5, 10))
+    assert out.splitlines()[-5:] == [
+        f"test of {best} on val2014 (protocol {result['protocol']['name']}: 96 images, 480 captions); results in "
+        f"{results / 't' / 'test_metrics.json'}",
+        "           R@1     R@5    R@10",
+        row("i2t"),
+        row("t2i"),
+        f"rsum  {m['rsum']:>8.3f}",
+    ]
+    assert "test/first_caption" not in out and "DataLoader 0" not in out  # no table of every logged value
+
+    assert main(["validate", *common]) == 0  # its best.ckpt, found by itself
+    out = capsys.readouterr().out.splitlines()
+    assert out[-5] == f"validation of {best}: 64 images, 320 captions" and out[-4] == "           R@1     R@5    R@10"
+    assert out[-3].startswith("i2t   ") and out[-1].startswith("rsum  ")
+
+
+def test_the_model_summary_leaves_out_flops(capsys):
+    data = [
+        (" ", ["0", "1"]),
+        ("Name", ["image_encoder", "head"]),
+        ("Type", ["ImageEncoder", "ProjectionHead"]),
+        ("Params", ["11.2 M", "164 K"]),
+        ("Mode", ["train", "train"]),
+        ("FLOPs", ["0", "0"]),
+    ]
+    ModelSize.summarize(data, 11_364_354, 11_364_354, 45.457, {"train": 76, "eval": 0}, total_flops=0)
+    assert capsys.readouterr().out.splitlines() == [
+        "   Name           Type            Params  Mode",
+        "0  image_encoder  ImageEncoder    11.2 M  train",
+        "1  head           ProjectionHead  164 K   train",
+        "11.4 M trainable and 0 frozen parameters, 45.5 MB",
+    ]
+
+
+def test_lightnings_noise_is_filtered_by_its_exact_words_and_its_other_lines_kept(caplog):
+    quiet_lightning()
+    quiet_lightning()  # once, however often main() runs
+    logger = logging.getLogger(LIGHTNING_INFO)
+    assert sum(type(f).__name__ == "QuietLightning" for f in logger.filters) == 1
+    with caplog.at_level(logging.INFO, logger=LIGHTNING_INFO):
+        logger.info("💡 Tip: For seamless cloud logging and experiment tracking, try installing [litlogger](...)")
+        logger.info("TPU available: False, using: 0 TPU cores")
+        logger.info("Loading `train_dataloader` to estimate number of stepping batches.")
+        logger.info("GPU available: True (cuda), used: True")
+        logger.info("TPU available: True, using: 0 TPU cores")
+        logger.warning("The number of training batches (2) is smaller than the logging interval")
+    assert caplog.messages == [
+        "GPU available: True (cuda), used: True",
+        "TPU available: True, using: 0 TPU cores",
+        "The number of training batches (2) is smaller than the logging interval",
+    ]
+
+
+def test_float32_matmul_precision_is_set_on_a_gpu_only(tmp_path, monkeypatch):
+    set_to = []
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", set_to.append)
+    missing = ["test", "-c", str(tmp_path / "results" / "x" / "config.yaml")]
+    for cuda in (False, True):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        try:
+            cli.main(missing)
+        except Exception:  # the run has not been fitted: stops right after
+            pass
+    assert set_to == ["high"]
