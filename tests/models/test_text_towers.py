@@ -176,11 +176,13 @@ def test_fit_with_a_trained_text_encoder_learns_without_any_clip_model(kind, ber
     def embed_image(i):  # decoded and cropped as evaluation does it
         return model(center_crop(torch.from_numpy(decode_pil(split.image_path(i), 72).copy())[None], 64))[0]
 
-    found = search.main(["--ckpt", str(ckpt), "--image", str(split.image_path(0)), "--k", "3", "--device", "cpu"])
+    found = search.main(["--ckpt_path", str(ckpt), "--image", str(split.image_path(0)), "--k", "3", "--device", "cpu"])
     assert f"captions_val2014_{split.fingerprint}_ckpt" in found["gallery"]["cache"]
     expected = (model.text_tower.encode(split.captions).half().float() @ embed_image(0)).topk(3).values
     assert torch.allclose(torch.tensor([r["score"] for r in found["results"]]), expected, atol=1e-3)
-    top = search.main(["--ckpt", str(ckpt), "--text", split.captions[0], "--k", "1", "--device", "cpu"])["results"][0]
+    top = search.main(["--ckpt_path", str(ckpt), "--text", split.captions[0], "--k", "1", "--device", "cpu"])[
+        "results"
+    ][0]
     image = split.image_ids.tolist().index(top["image_id"])
     # the gallery comes from the image cache, which a GPU machine decodes with nvJPEG (PIL here): a little apart
     assert top["score"] == pytest.approx(
