@@ -323,6 +323,23 @@ def search_figure(ctx: Context, path: Path) -> tuple[Any, str]:
     return fig, caption
 
 
+def text_lines(ax: Any, texts: list[str], line: float, colors: list[str] | None = None) -> None:
+    """`texts` one under another from the top left of `ax`, each as many lines down as it holds (`line` points each)."""
+    offset = 0.0
+    for text, color in zip(texts, colors or [None] * len(texts)):
+        ax.annotate(
+            text,
+            (0, 1),
+            xycoords="axes fraction",
+            xytext=(0, -offset),
+            textcoords="offset points",
+            va="top",
+            fontsize=FONT - 1,
+            color=color,
+        )
+        offset += line * (text.count("\n") + 1)
+
+
 def i2t_figure(ctx: Context) -> tuple[Any, str]:
     examples = read_result(ctx.run_dir / "test_examples.json", ctx.commands.test)
     try:
@@ -343,34 +360,17 @@ def i2t_figure(ctx: Context) -> tuple[Any, str]:
         ax_img.set_title(f"image {r['image_id']}", fontsize=FONT - 1)
         for ax in (ax_truth, ax_ret):
             ax.axis("off")
-        offset = 0.0
-        for c in r["captions"][:5]:
-            wrapped = wrap(c, 44, 2)
-            ax_truth.annotate(
-                "• " + wrapped.replace("\n", "\n   "),
-                (0, 1),
-                xycoords="axes fraction",
-                xytext=(0, -offset),
-                textcoords="offset points",
-                va="top",
-                fontsize=FONT - 1,
-            )
-            offset += line * (wrapped.count("\n") + 1)
-        offset = 0.0
-        for hit in r["retrieved"]:
-            mark, color = ("✓", CORRECT) if hit["correct"] else ("✗", WRONG)
-            wrapped = wrap(hit["caption"], 44, 2)
-            ax_ret.annotate(
-                f"{mark} {hit['score']:.3f}  " + wrapped.replace("\n", "\n" + " " * 14),
-                (0, 1),
-                xycoords="axes fraction",
-                xytext=(0, -offset),
-                textcoords="offset points",
-                va="top",
-                fontsize=FONT - 1,
-                color=color,
-            )
-            offset += line * (wrapped.count("\n") + 1)
+        text_lines(ax_truth, ["• " + wrap(c, 44, 2).replace("\n", "\n   ") for c in r["captions"][:5]], line)
+        text_lines(
+            ax_ret,
+            [
+                f"{'✓' if h['correct'] else '✗'} {h['score']:.3f}  "
+                + wrap(h["caption"], 44, 2).replace("\n", "\n" + " " * 14)
+                for h in r["retrieved"]
+            ],
+            line,
+            [CORRECT if h["correct"] else WRONG for h in r["retrieved"]],
+        )
         if i == 0:
             ax_truth.set_title("ground-truth captions", fontsize=FONT, loc="left")
             ax_ret.set_title(f"top {k} retrieved, cosine (✓ this image's, ✗ another's)", fontsize=FONT, loc="left")
