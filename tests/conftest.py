@@ -1,11 +1,12 @@
 """Shared fixtures: one small generated COCO-format dataset (real JPEGs + captions JSON + a tiny full CLIP) and one
 checkpoint trained on it through the CLI, shared by every test file that needs a trained model."""
 
+import cli_args
 import pytest
+from cli_args import ckpt_of, fit_args, job_args
 
 from clip_lab.__main__ import main
 from clip_lab.data.synthetic import make_demo_dataset
-from clip_lab.files import CONFIGS
 
 # fixtures that run a real fit: every test that uses one, directly or through another fixture, is `slow`
 FIT_FIXTURES = {"trained_run", "tensorboard_run", "mlflow_run", "flickr"}
@@ -15,23 +16,6 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if FIT_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-
-
-def _run_args(demo_root, tmp_path, run="t"):
-    return [
-        "--run",
-        run,
-        "--results_dir",
-        str(tmp_path / "results"),
-        "--data.data_root",
-        str(demo_root),
-        "--data.text_model",
-        str(demo_root / "clip_tiny"),
-        "--data.cache_dir",
-        str(tmp_path / "cache"),
-        "--data.num_workers",
-        "0",
-    ]
 
 
 @pytest.fixture(scope="session")
@@ -52,8 +36,9 @@ def clip_model(demo_root):
 
 @pytest.fixture(scope="session")
 def run_args():
-    """`run_args(demo_root, tmp_path, run="t")`: CLI flags pointing a run at the demo data and at its own folders."""
-    return _run_args
+    """`run_args(demo_root, tmp_path, run="t", **options)`: CLI flags pointing a run at the demo data and at its own
+    folders (cli_args.run_args)."""
+    return cli_args.run_args
 
 
 @pytest.fixture(scope="session")
@@ -64,21 +49,18 @@ def trained_run(demo_root, tmp_path_factory):
     data settings name. Tests that write caches of their own pass another --cache_dir.
     """
     tmp = tmp_path_factory.mktemp("cli")
-    args = [
-        "fit",
-        "-c",
-        str(CONFIGS / "coco.yaml"),
-        "-c",
-        str(CONFIGS / "demo.yaml"),
-        *_run_args(demo_root, tmp),
-        "--trainer.max_epochs",
-        "6",
-        "--data.batch_size",
-        "32",
-        "--data.val_images",
-        "64",
-    ]
+    args = fit_args(demo_root, tmp, "t", trainer__max_epochs=6, data__batch_size=32, data__val_images=64)
     assert main(args) == 0
     run = tmp / "results" / "t"
-    assert main(["test", "-c", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints" / "best.ckpt")]) == 0
+    assert main(job_args("test", run, "best.ckpt")) == 0
+    return run
+
+
+@pytest.fixture
+def own_run(trained_run, tmp_path):
+    """A run folder of this test's own holding (a link to) the trained best.ckpt: a job's default output (search,
+    zeroshot) lands there, not in the shared run, which other tests copy and whose newest result the report shows."""
+    run = tmp_path / "results" / "t"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "best.ckpt").symlink_to(ckpt_of(trained_run))
     return run

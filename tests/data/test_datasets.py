@@ -44,15 +44,7 @@ def _assert_split(split, expected, selector, name):
 
 
 def test_registry_names_and_split_names():
-    assert DATASETS == (
-        "coco",
-        "coco_karpathy",
-        "flickr8k",
-        "flickr8k_karpathy",
-        "flickr30k",
-        "flickr8k_kaggle",
-        "flickr30k_kaggle",
-    )
+    assert DATASETS == ("coco", *WRITTEN, "flickr8k_kaggle", "flickr30k_kaggle")  # COCO 2014 first, Kaggle's last
     assert split_names("coco") == ("train2014", "val2014", "train2017", "val2017")  # the 2014 and 2017 releases
     assert split_names("coco_karpathy") == ("train", "restval", "val", "test")
     for dataset in ("flickr8k", "flickr8k_karpathy", "flickr30k"):

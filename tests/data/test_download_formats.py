@@ -4,6 +4,7 @@ in the real layout with its quirks, fitted and tested end to end on tiny setting
 import json
 
 import pytest
+from cli_args import TINY_IMAGES, fit_args
 from formats import write_coco2017
 
 from clip_lab.__main__ import main
@@ -13,36 +14,20 @@ from clip_lab.files import CONFIGS
 from clip_lab.jobs import prepare
 
 
-def tiny(root, tmp_path, text_model, *overlays):
+def tiny(root, tmp_path, text_model, run, *overlays, **options):
     """fit arguments: the base and demo configs, the dataset's overlays, tiny images and batches."""
-    return [
-        "fit",
-        "-c",
-        str(CONFIGS / "coco.yaml"),
-        "-c",
-        str(CONFIGS / "demo.yaml"),
-        *[a for o in overlays for a in ("-c", str(CONFIGS / "datasets" / o))],
-        "--results_dir",
-        str(tmp_path / "results"),
-        "--data.data_root",
-        str(root),
-        "--data.text_model",
-        text_model,
-        "--data.cache_dir",
-        str(tmp_path / "cache"),
-        "--data.num_workers",
-        "0",
-        "--data.image_size",
-        "32",
-        "--data.cache_image_size",
-        "40",
-        "--data.batch_size",
-        "8",
-        "--data.val_images",
-        "6",
-        "--trainer.max_epochs",
-        "1",
-    ]
+    return fit_args(
+        root,
+        tmp_path,
+        run,
+        *[f"datasets/{o}" for o in overlays],
+        data__text_model=text_model,
+        **TINY_IMAGES,
+        data__batch_size=8,
+        data__val_images=6,
+        trainer__max_epochs=1,
+        **options,
+    )
 
 
 @pytest.mark.slow
@@ -51,7 +36,7 @@ def test_coco2017_is_read_fitted_and_tested_under_its_protocol(tmp_path, text_mo
     split = load_split("coco", root, "val2017")
     assert split.name == "val2017" and len(split.image_ids) == 12 and split.file_names[0] == "000000500001.jpg"
     assert split.description == "COCO 2017 Dataset"
-    assert main([*tiny(root, tmp_path, text_model, "coco2017.yaml"), "--run", "c17"]) == 0
+    assert main(tiny(root, tmp_path, text_model, "c17", "coco2017.yaml")) == 0
     run = tmp_path / "results" / "c17"
     assert main(["test", "-c", str(run / "config.yaml")]) == 0
     result = json.loads((run / "test_metrics.json").read_text())
@@ -73,6 +58,15 @@ def test_missing_coco2017_files_name_the_2017_downloads(tmp_path):
         load_split("coco", root, "val2017")
 
 
+def refused_as_another_layout(dataset, root, holds, config):
+    """Reading `root` as `dataset` stops, naming what it holds and the overlay configs/datasets/`config` for it."""
+    with pytest.raises(
+        ClipLabError,
+        match=rf"holds {holds} \(read with -c configs/datasets/{config}\), not the files data.dataset={dataset}",
+    ):
+        load_split(dataset, root, "test")
+
+
 def test_another_known_layout_is_named_with_what_reads_it(tmp_path, run_args, capsys):
     from formats import write_flickr8k
 
@@ -86,12 +80,7 @@ def test_another_known_layout_is_named_with_what_reads_it(tmp_path, run_args, ca
     ]
     flickr = tmp_path / "flickr"
     write_flickr8k(flickr)
-    with pytest.raises(
-        ClipLabError,
-        match=r"holds the official Flickr8k files \(read with -c "
-        r"configs/datasets/flickr8k.yaml\), not the files data.dataset=flickr30k",
-    ):
-        load_split("flickr30k", flickr, "test")
+    refused_as_another_layout("flickr30k", flickr, "the official Flickr8k files", "flickr8k.yaml")
     with pytest.raises(ClipLabError, match="flickr30k files missing"):  # nothing known there: the missing files
         load_split("flickr30k", tmp_path / "empty", "test")
 
@@ -153,7 +142,7 @@ def test_kaggle_downloads_fit_and_test_end_to_end(tmp_path, text_model, dataset)
 
     root = tmp_path / "data"
     (write_kaggle_flickr8k if dataset == "flickr8k_kaggle" else write_kaggle_flickr30k)(root)
-    assert main([*tiny(root, tmp_path, text_model, f"{dataset}.yaml"), "--run", "k"]) == 0
+    assert main(tiny(root, tmp_path, text_model, "k", f"{dataset}.yaml")) == 0
     run = tmp_path / "results" / "k"
     assert main(["test", "-c", str(run / "config.yaml")]) == 0
     result = json.loads((run / "test_metrics.json").read_text())
@@ -173,12 +162,7 @@ def test_kaggle_files_under_another_config_are_named(tmp_path):
 
     root = tmp_path / "k8"
     write_kaggle_flickr8k(root)
-    with pytest.raises(
-        ClipLabError,
-        match=r"holds Kaggle's Flickr8k \(read with -c "
-        r"configs/datasets/flickr8k_kaggle.yaml\), not the files data.dataset=flickr8k",
-    ):
-        load_split("flickr8k", root, "test")
+    refused_as_another_layout("flickr8k", root, "Kaggle's Flickr8k", "flickr8k_kaggle.yaml")
 
 
 def test_hf_parquet_of_flickr30k_is_converted_once_into_the_karpathy_layout(tmp_path, caplog):
@@ -214,10 +198,7 @@ def test_hf_parquet_of_flickr8k_with_numbered_captions_and_splits_by_shard_name(
         for name, caps in kept(split).items():
             t = by_bytes[(out / "Flicker8k_Dataset" / name).read_bytes()]
             assert t["split"] == s and caps == t["captions"]
-    assert (
-        main([*tiny(out, tmp_path, text_model, "flickr8k.yaml"), "--data.dataset", "flickr8k_karpathy", "--run", "hf8"])
-        == 0
-    )
+    assert main(tiny(out, tmp_path, text_model, "hf8", "flickr8k.yaml", data__dataset="flickr8k_karpathy")) == 0
     run = tmp_path / "results" / "hf8"
     assert main(["test", "-c", str(run / "config.yaml")]) == 0
     assert json.loads((run / "test_metrics.json").read_text())["metrics"]["n_images"] == 4

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from cli_args import TINY_IMAGES, fit_args, job_args
 from formats import write_flickr8k, write_karpathy
 
 from clip_lab.__main__ import main
@@ -12,7 +13,6 @@ from clip_lab.data.datamodule import RetrievalData
 from clip_lab.data.protocols import PROTOCOLS, resolve_protocol
 from clip_lab.errors import ClipLabError
 from clip_lab.eval.metrics import embedding_retrieval_metrics, folded_retrieval_metrics
-from clip_lab.files import CONFIGS
 
 
 def test_folds_are_galleries_of_their_own():
@@ -86,52 +86,22 @@ def test_karpathy_coco_trains_on_train_restval_validates_on_val_and_caps_test_ca
 def test_fit_and_test_on_a_flickr_format_end_to_end(dataset, tmp_path, text_model):
     root = tmp_path / dataset
     expected = write_flickr8k(root) if dataset == "flickr8k" else write_karpathy(root, "flickr30k")
-    results = tmp_path / "results"
-    common = [
-        "--results_dir",
-        str(results),
-        "--data.dataset",
-        dataset,
-        "--data.data_root",
-        str(root),
-        "--data.text_model",
-        text_model,
-        "--data.cache_dir",
-        str(tmp_path / "cache"),
-        "--data.num_workers",
-        "0",
-        "--data.train_split",
-        "train",
-        "--data.val_split",
-        "val",
-        "--data.test_split",
-        "test",
-        "--data.image_size",
-        "32",
-        "--data.cache_image_size",
-        "40",
-        "--data.batch_size",
-        "4",
-    ]
-    assert (
-        main(
-            [
-                "fit",
-                "-c",
-                str(CONFIGS / "coco.yaml"),
-                "-c",
-                str(CONFIGS / "demo.yaml"),
-                "--run",
-                "r",
-                *common,
-                "--trainer.max_epochs",
-                "1",
-            ]
-        )
-        == 0
+    args = fit_args(
+        root,
+        tmp_path,
+        "r",
+        data__dataset=dataset,
+        data__text_model=text_model,
+        data__train_split="train",
+        data__val_split="val",
+        data__test_split="test",
+        **TINY_IMAGES,
+        data__batch_size=4,
+        trainer__max_epochs=1,
     )
-    run = results / "r"
-    assert main(["test", "-c", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints" / "best.ckpt")]) == 0
+    assert main(args) == 0
+    run = tmp_path / "results" / "r"
+    assert main(job_args("test", run, "best.ckpt")) == 0
     result = json.loads((run / "test_metrics.json").read_text())
     images, _ = expected.of("test")
     assert result["dataset"] == dataset and result["split"] == "test"

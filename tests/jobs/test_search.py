@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_args import ckpt_of
 from PIL import Image
 
 from clip_lab.__main__ import main
@@ -21,20 +22,6 @@ from clip_lab.train.module import ClipLab
 
 # the reference is computed in float32 on the CPU; on a GPU the jobs embed in bf16, so scores differ slightly
 ATOL = 5e-3 if torch.cuda.is_available() else 1e-4
-
-
-def ckpt_of(run):
-    return str(run / "checkpoints" / "best.ckpt")
-
-
-@pytest.fixture
-def own_run(trained_run, tmp_path):
-    """A run folder of this test's own holding (a link to) the trained best.ckpt: a search's default output lands
-    there, not in the shared run, which other tests copy and whose newest result the report shows."""
-    run = tmp_path / "results" / "t"
-    (run / "checkpoints").mkdir(parents=True)
-    (run / "checkpoints" / "best.ckpt").symlink_to(trained_run / "checkpoints" / "best.ckpt")
-    return run
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
+from cli_args import data_options, flags
 
 from clip_lab.__main__ import main
 from clip_lab.eval.metrics import TABLE_KEYS as METRICS
@@ -65,20 +66,7 @@ def test_two_seed_sweep_on_the_demo_runs_end_to_end_and_resumes(demo_root, tmp_p
         "--results_dir",
         str(results),
         "--",
-        "--data.data_root",
-        str(demo_root),
-        "--data.text_model",
-        str(demo_root / "clip_tiny"),
-        "--data.cache_dir",
-        str(tmp_path / "cache"),
-        "--data.num_workers",
-        "0",
-        "--trainer.max_epochs",
-        "2",
-        "--data.batch_size",
-        "32",
-        "--data.val_images",
-        "48",
+        *flags(**data_options(demo_root, tmp_path), trainer__max_epochs=2, data__batch_size=32, data__val_images=48),
     ]
     assert main(argv) == 0
     summary = json.loads((results / "ablations.json").read_text())

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from cli_args import ckpt_of, flags
 from PIL import Image
 
 from clip_lab.__main__ import main
@@ -26,22 +27,15 @@ from clip_lab.train.module import ClipLab
 ATOL = 2e-2 if torch.cuda.is_available() else 1e-4
 
 
-def ckpt_of(run):
-    return str(run / "checkpoints" / "best.ckpt")
-
-
-@pytest.fixture
-def own_run(trained_run, tmp_path):
-    """A run folder of this test's own holding (a link to) the trained best.ckpt: a zero-shot's default output lands
-    there, not in the shared run, which other tests copy and whose newest result the report shows."""
-    run = tmp_path / "results" / "t"
-    (run / "checkpoints").mkdir(parents=True)
-    (run / "checkpoints" / "best.ckpt").symlink_to(trained_run / "checkpoints" / "best.ckpt")
-    return run
+def classify(run, images, *classes, **options):
+    """`zeroshot` of the run's best checkpoint on `images` (a split's name, a folder or a file) into `classes`."""
+    return zeroshot.main(
+        ["--ckpt_path", ckpt_of(run), "--images", str(images), "--classes", *classes, *flags(**options)]
+    )
 
 
 def test_split_probabilities_accuracy_and_chance_are_what_they_say(trained_run, own_run, demo_root, text_model, capsys):
-    result = zeroshot.main(["--ckpt_path", ckpt_of(own_run), "--images", "val2014", "--classes", *SHAPES])
+    result = classify(own_run, "val2014", *SHAPES)
     preds = result["predictions"]
     assert result["n_images"] == len(preds) == 96 and result["source"]["kind"] == "split"
 
@@ -94,18 +88,7 @@ def test_class_folders_give_accuracy_well_above_chance(trained_run, demo_root, t
             shutil.copy(demo_root / "val2014" / im["file_name"], folder / colour)
     (folder / "notes.txt").write_text("not an image: skipped")
     (folder / "red").mkdir(exist_ok=True)
-    result = zeroshot.main(
-        [
-            "--ckpt_path",
-            ckpt_of(trained_run),
-            "--images",
-            str(folder),
-            "--classes",
-            *COLORS,
-            "--out",
-            str(tmp_path / "out" / "colours.json"),
-        ]
-    )
+    result = classify(trained_run, folder, *COLORS, out=tmp_path / "out" / "colours.json")
     n = sum(1 for _ in folder.rglob("*.jpg"))
     assert result["source"]["kind"] == "folder" and result["n_images"] == n > 30
     assert result["chance"] == pytest.approx(1 / len(COLORS))
@@ -118,19 +101,7 @@ def test_one_image_file_with_own_templates(own_run, demo_root, tmp_path):
     templates = tmp_path / "prompts.yaml"
     templates.write_text("templates:\n  - a {}\n  - a picture of a {}\n")
     image = demo_root / "val2014" / "COCO_val2014_000001000003.jpg"
-    result = zeroshot.main(
-        [
-            "--ckpt_path",
-            ckpt_of(own_run),
-            "--images",
-            str(image),
-            "--classes",
-            "circle",
-            "square",
-            "--templates",
-            str(templates),
-        ]
-    )
+    result = classify(own_run, image, "circle", "square", templates=templates)
     assert result["n_images"] == 1 and result["source"]["kind"] == "file" and result["accuracy"] is None
     assert result["templates"] == ["a {}", "a picture of a {}"]
     assert set(result["predictions"][0]["probs"]) == {"circle", "square"}
@@ -192,20 +163,7 @@ def test_classes_that_embed_identically_tie_and_never_count_as_skill(trained_run
         shutil.copy(f, folder / name)
     out = tmp_path / "results" / "t" / "zeroshot" / "unknown.json"
     with caplog.at_level(logging.WARNING, logger="clip_lab"):
-        result = zeroshot.main(
-            [
-                "--ckpt_path",
-                ckpt_of(trained_run),
-                "--images",
-                str(folder),
-                "--classes",
-                "sport",
-                "music",
-                "food",
-                "--out",
-                str(out),
-            ]
-        )
+        result = classify(trained_run, folder, "sport", "music", "food", out=out)
     assert result["n_images"] == 12 and result["chance"] == pytest.approx(1 / 3)
     assert result["accuracy"] == 0 and result["tied_images"] == 12
     saved = json.loads(out.read_text())["predictions"]
@@ -228,21 +186,8 @@ def test_unknown_words_of_classes_and_templates_are_named(trained_run, demo_root
     templates.write_text("templates:\n  - a drawing of a {}.\n  - a picture of a {}.\n")
     image = demo_root / "val2014" / "COCO_val2014_000001000003.jpg"
     with caplog.at_level(logging.WARNING, logger="clip_lab"):
-        result = zeroshot.main(
-            [
-                "--ckpt_path",
-                ckpt_of(trained_run),
-                "--images",
-                str(image),
-                "--classes",
-                "red circle",
-                "red sport",
-                "music",
-                "--templates",
-                str(templates),
-                "--out",
-                str(tmp_path / "z.json"),
-            ]
+        result = classify(
+            trained_run, image, "red circle", "red sport", "music", templates=templates, out=tmp_path / "z.json"
         )
     assert result["unknown_words"] == {
         "classes": {"red sport": ["sport"], "music": ["music"]},
@@ -259,18 +204,7 @@ def test_unknown_words_of_classes_and_templates_are_named(trained_run, demo_root
 def test_known_words_give_no_warning(trained_run, demo_root, tmp_path, caplog):
     image = demo_root / "val2014" / "COCO_val2014_000001000003.jpg"
     with caplog.at_level(logging.WARNING, logger="clip_lab"):
-        result = zeroshot.main(
-            [
-                "--ckpt_path",
-                ckpt_of(trained_run),
-                "--images",
-                str(image),
-                "--classes",
-                *SHAPES,
-                "--out",
-                str(tmp_path / "z.json"),
-            ]
-        )
+        result = classify(trained_run, image, *SHAPES, out=tmp_path / "z.json")
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert result["unknown_words"] == {"classes": {}, "templates": []} and result["tied_images"] == 0
     assert result["predictions"][0]["tied"] == [] and result["predictions"][0]["predicted"] in SHAPES
@@ -278,12 +212,11 @@ def test_known_words_give_no_warning(trained_run, demo_root, tmp_path, caplog):
 
 def test_a_second_result_of_the_same_name_is_numbered_and_the_first_kept(own_run, demo_root, capsys):
     image = demo_root / "val2014" / "COCO_val2014_000001000003.jpg"
-    args = ["--ckpt_path", ckpt_of(own_run), "--images", str(image), "--classes", "circle", "square"]
     folder = own_run / "zeroshot"
-    first = zeroshot.main(args)
+    first = classify(own_run, image, "circle", "square")
     assert first["json"] == str(folder / "coco-val2014-000001000003_circle-square.json")
     stamp = (folder / "coco-val2014-000001000003_circle-square.json").stat().st_mtime_ns
-    second = zeroshot.main([*args, "--show", "1"])
+    second = classify(own_run, image, "circle", "square", show=1)
     assert second["json"] == str(folder / "coco-val2014-000001000003_circle-square-2.json")
     assert second["figure"] == str(folder / "coco-val2014-000001000003_circle-square-2.png")
     assert (folder / "coco-val2014-000001000003_circle-square.json").stat().st_mtime_ns == stamp

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torchvision
 import yaml
+from cli_args import fit_args
 
 from clip_lab.__main__ import main
 from clip_lab.errors import ClipLabError
@@ -46,29 +47,10 @@ def test_a_vit_is_built_for_the_image_size_and_pretrained_vits_need_224():
 
 
 @pytest.mark.slow
-def test_fit_with_another_encoder_through_the_cli(demo_root, tmp_path, run_args):
-    args = [
-        "fit",
-        "-c",
-        str(CONFIGS / "coco.yaml"),
-        "-c",
-        str(CONFIGS / "demo.yaml"),
-        "-c",
-        str(CONFIGS / "encoders" / "vit_b_16.yaml"),
-        *run_args(demo_root, tmp_path, "vit"),
-        "--model.weights",
-        "null",
-        "--model.head_hidden",
-        "32",
-        "--trainer.max_epochs",
-        "1",
-        "--trainer.limit_train_batches",
-        "2",
-        "--data.batch_size",
-        "16",
-        "--data.val_images",
-        "32",
-    ]
+def test_fit_with_another_encoder_through_the_cli(demo_root, tmp_path):
+    vit = {"model.weights": "null", "model.head_hidden": 32}  # no pretrained weights, a small head
+    short = {"trainer.max_epochs": 1, "trainer.limit_train_batches": 2, "data.batch_size": 16, "data.val_images": 32}
+    args = fit_args(demo_root, tmp_path, "vit", "encoders/vit_b_16.yaml", **vit, **short)
     assert main(args) == 0
     run = tmp_path / "results" / "vit"
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)

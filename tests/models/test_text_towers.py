@@ -8,12 +8,12 @@ import logging
 
 import pytest
 import torch
+from cli_args import fit_args, job_args
 
 from clip_lab.__main__ import main
 from clip_lab.data.augment import center_crop
 from clip_lab.data.coco import load_coco_split
 from clip_lab.data.image_cache import decode_pil
-from clip_lab.files import CONFIGS
 from clip_lab.jobs import search
 from clip_lab.models.text_towers import LSTMTextTower, TransformerTextTower, masked_mean
 from clip_lab.train.module import ClipLab
@@ -129,36 +129,30 @@ def test_gradients_and_learning_rates_reach_exactly_the_trainable_parameters(kin
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["lstm", "bert"])
-def test_fit_with_a_trained_text_encoder_learns_without_any_clip_model(kind, bert, demo_root, tmp_path, run_args):
-    text = (
-        ["-c", str(CONFIGS / "text" / "lstm.yaml")]
+def test_fit_with_a_trained_text_encoder_learns_without_any_clip_model(kind, bert, demo_root, tmp_path):
+    overlay, text = (
+        ("text/lstm.yaml", {})
         if kind == "lstm"
-        else ["-c", str(CONFIGS / "text" / "distilbert.yaml"), "--model.text_encoder", bert, "--model.text_lr", "1e-3"]
+        else ("text/distilbert.yaml", {"model.text_encoder": bert, "model.text_lr": "1e-3"})
     )
-    args = [
-        "fit",
-        "-c",
-        str(CONFIGS / "coco.yaml"),
-        "-c",
-        str(CONFIGS / "demo.yaml"),
-        *text,
-        *run_args(demo_root, tmp_path, kind),
-        "--data.text_model",
-        str(tmp_path / "no_clip_here"),
-        "--trainer.max_epochs",
-        "6",
-        "--data.batch_size",
-        "32",
-        "--data.val_images",
-        "64",
-    ]
+    args = fit_args(
+        demo_root,
+        tmp_path,
+        kind,
+        overlay,
+        **text,
+        data__text_model=tmp_path / "no_clip_here",
+        trainer__max_epochs=6,
+        data__batch_size=32,
+        data__val_images=64,
+    )
     assert main(args) == 0
     run = tmp_path / "results" / kind
     rsum = [float(r["val/rsum"]) for r in csv.DictReader((run / "metrics.csv").open()) if r.get("val/rsum")]
     assert len(rsum) == 6 and rsum[-1] > 2 * rsum[0]  # chance on 64 images is ~0.5
     assert not list((tmp_path / "cache").glob("captions_*"))  # nothing embedded by a frozen tower
     ckpt = run / "checkpoints" / "best.ckpt"
-    assert main(["test", "-c", str(run / "config.yaml"), "--ckpt_path", str(ckpt)]) == 0
+    assert main(job_args("test", run, "best.ckpt")) == 0
     metrics = json.loads((run / "test_metrics.json").read_text())["metrics"]
     assert metrics["rsum"] > 1.5 and metrics["n_captions"] == 5 * metrics["n_images"] == 480  # chance: ~0.33
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_args import TINY_IMAGES, fit_args, job_args
 from formats import write_flickr8k
 
 from clip_lab.__main__ import main
-from clip_lab.files import CONFIGS
 from clip_lab.report import figures, report
 
 
@@ -22,45 +22,10 @@ def flickr(tmp_path_factory, text_model):
     root = tmp / "flickr8k"
     expected = write_flickr8k(root)
     results = tmp / "results"
-    common = [
-        "--results_dir",
-        str(results),
-        "--data.data_root",
-        str(root),
-        "--data.text_model",
-        text_model,
-        "--data.cache_dir",
-        str(tmp / "cache"),
-        "--data.num_workers",
-        "0",
-        "--data.image_size",
-        "32",
-        "--data.cache_image_size",
-        "40",
-        "--data.batch_size",
-        "4",
-    ]
-    assert (
-        main(
-            [
-                "fit",
-                "-c",
-                str(CONFIGS / "coco.yaml"),
-                "-c",
-                str(CONFIGS / "demo.yaml"),
-                "-c",
-                str(CONFIGS / "datasets" / "flickr8k.yaml"),
-                "--run",
-                "fl",
-                *common,
-                "--trainer.max_epochs",
-                "2",
-            ]
-        )
-        == 0
-    )
+    options = {"data.text_model": text_model, **TINY_IMAGES, "data.batch_size": 4, "trainer.max_epochs": 2}
+    assert main(fit_args(root, tmp, "fl", "datasets/flickr8k.yaml", **options)) == 0
     run = results / "fl"
-    assert main(["test", "-c", str(run / "config.yaml")]) == 0  # its best checkpoint, found by itself
+    assert main(job_args("test", run)) == 0  # its best checkpoint, found by itself
     ckpt = str(run / "checkpoints" / "best.ckpt")
     assert main(["zeroshot", "--ckpt_path", ckpt, "--images", "test", "--classes", "red", "green", "blue"]) == 0
     assert main(["search", "--ckpt_path", ckpt, "--text", "a red circle", "--k", "3"]) == 0

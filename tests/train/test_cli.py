@@ -8,6 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from cli_args import fit_args
 
 from clip_lab import options
 from clip_lab.__main__ import main
@@ -53,8 +54,8 @@ def test_refuses_to_overwrite_an_existing_run(trained_run, demo_root, capsys):
 
 
 def test_missing_data_is_one_clear_line(tmp_path, demo_root, run_args, capsys):
-    args = ["fit", "-c", str(CONFIGS / "coco.yaml"), *run_args(demo_root, tmp_path)]
-    args[args.index("--data.data_root") + 1] = str(tmp_path / "nowhere")
+    nowhere = tmp_path / "nowhere"
+    args = ["fit", "-c", str(CONFIGS / "coco.yaml"), *run_args(demo_root, tmp_path, data__data_root=nowhere)]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: COCO 2014 files missing") and "nowhere/train2014/" in err[0]
@@ -90,18 +91,8 @@ def test_fit_records_time_and_hardware_and_test_keeps_examples_for_the_report(tr
     assert torch.allclose(torch.tensor(sim["matrix"]).diagonal(), diagonal, atol=3e-3)
 
 
-def test_a_split_smaller_than_one_batch_stops_at_once_with_one_line(demo_root, tmp_path, run_args, capsys):
-    args = [
-        "fit",
-        "-c",
-        str(CONFIGS / "coco.yaml"),
-        "-c",
-        str(CONFIGS / "demo.yaml"),
-        *run_args(demo_root, tmp_path),
-        "--data.batch_size",
-        "512",
-    ]
-    assert main(args) == 2
+def test_a_split_smaller_than_one_batch_stops_at_once_with_one_line(demo_root, tmp_path, capsys):
+    assert main(fit_args(demo_root, tmp_path, data__batch_size=512)) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("INFO")]
     assert len(err) == 1 and "train2014 has 256 images with captions, fewer than one batch of 512" in err[0]
     assert "--data.batch_size (at most 256)" in err[0]
@@ -109,23 +100,11 @@ def test_a_split_smaller_than_one_batch_stops_at_once_with_one_line(demo_root, t
     assert not (tmp_path / "results" / "t" / "config.yaml").exists()
 
 
-def test_unreadable_images_that_leave_less_than_a_batch_stop_before_training(tmp_path, run_args, capsys):
+def test_unreadable_images_that_leave_less_than_a_batch_stop_before_training(tmp_path, capsys):
     root = make_demo_dataset(tmp_path / "small", n_train=10, n_val=8, seed=3)
     victim = sorted((root / "train2014").iterdir())[4]
     victim.write_bytes(b"not a jpeg")
-    args = [
-        "fit",
-        "-c",
-        str(CONFIGS / "coco.yaml"),
-        "-c",
-        str(CONFIGS / "demo.yaml"),
-        *run_args(root, tmp_path),
-        "--data.batch_size",
-        "10",
-        "--data.max_bad_images",
-        "0.2",
-    ]
-    assert main(args) == 2
+    assert main(fit_args(root, tmp_path, data__batch_size=10, data__max_bad_images=0.2)) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: ")
     assert "train2014 has 9 images with captions (1 unreadable skipped), fewer than one batch of 10" in err

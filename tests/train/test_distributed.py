@@ -11,13 +11,27 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from cli_args import fit_args, job_args
 
 from clip_lab.__main__ import main
 from clip_lab.data.sampling import PairBatchSampler
-from clip_lab.files import CONFIGS
 from clip_lab.models.loss import InfoNCE
 
 WORLD, PER_RANK, DIM = 2, 4, 8
+
+
+def cli_in_a_subprocess(args):
+    """`python -m clip_lab *args` in a subprocess that imports this checkout; it must succeed."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).resolve().parents[2]), *filter(None, [os.environ.get("PYTHONPATH")])]
+        ),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "clip_lab", *args], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def data():
@@ -89,38 +103,9 @@ def test_ranks_split_each_global_batch_and_see_every_image_once_per_epoch():
 
 
 def test_two_process_test_gives_the_recall_of_one_process(trained_run, tmp_path):
-    test = [
-        "test",
-        "-c",
-        str(trained_run / "config.yaml"),
-        "--ckpt_path",
-        str(trained_run / "checkpoints" / "best.ckpt"),
-        "--trainer.accelerator",
-        "cpu",
-        "--results_dir",
-        str(tmp_path),
-    ]
+    test = job_args("test", trained_run, "best.ckpt", trainer__accelerator="cpu", results_dir=tmp_path)
     assert main([*test, "--run", "one"]) == 0  # one CPU process: the reference, whatever device trained the model
-    args = [
-        sys.executable,
-        "-m",
-        "clip_lab",
-        *test,
-        "--trainer.devices",
-        "2",
-        "--trainer.strategy",
-        "ddp",
-        "--run",
-        "ddp",
-    ]
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(
-            [str(Path(__file__).resolve().parents[2]), *filter(None, [os.environ.get("PYTHONPATH")])]
-        ),
-    }
-    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
+    cli_in_a_subprocess([*test, "--trainer.devices", "2", "--trainer.strategy", "ddp", "--run", "ddp"])
     two = json.loads((tmp_path / "ddp" / "test_metrics.json").read_text())["metrics"]
     one = json.loads((tmp_path / "one" / "test_metrics.json").read_text())["metrics"]
     assert two["n_images"] == one["n_images"] == 96 and two["n_captions"] == one["n_captions"]
@@ -129,37 +114,19 @@ def test_two_process_test_gives_the_recall_of_one_process(trained_run, tmp_path)
 
 
 @pytest.mark.slow
-def test_two_process_fit_runs_end_to_end_with_one_writer(demo_root, tmp_path, run_args):
-    configs = CONFIGS
-    args = [
-        sys.executable,
-        "-m",
-        "clip_lab",
-        "fit",
-        "-c",
-        str(configs / "coco.yaml"),
-        "-c",
-        str(configs / "demo.yaml"),
-        "-c",
-        str(configs / "ddp.yaml"),
-        *run_args(demo_root, tmp_path, "ddp"),
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.max_epochs",
-        "1",
-        "--data.batch_size",
-        "16",
-        "--data.val_images",
-        "48",
-    ]
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(
-            [str(Path(__file__).resolve().parents[2]), *filter(None, [os.environ.get("PYTHONPATH")])]
-        ),
-    }
-    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
+def test_two_process_fit_runs_end_to_end_with_one_writer(demo_root, tmp_path):
+    cli_in_a_subprocess(
+        fit_args(
+            demo_root,
+            tmp_path,
+            "ddp",
+            "ddp.yaml",
+            trainer__accelerator="cpu",
+            trainer__max_epochs=1,
+            data__batch_size=16,
+            data__val_images=48,
+        )
+    )
     run = tmp_path / "results" / "ddp"
     stats = json.loads((run / "run_stats.json").read_text())
     assert stats["hardware"]["devices"] == 2

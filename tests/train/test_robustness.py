@@ -5,32 +5,20 @@ import json
 
 import pytest
 import torch
+from cli_args import fit_args, job_args
 
 from clip_lab.__main__ import main
 from clip_lab.files import CONFIGS
 from clip_lab.train.module import ClipLab
 
 
-def fit_args(demo_root, tmp_path, run, run_args):
-    return [
-        "fit",
-        "-c",
-        str(CONFIGS / "coco.yaml"),
-        "-c",
-        str(CONFIGS / "demo.yaml"),
-        *run_args(demo_root, tmp_path, run),
-        "--trainer.max_epochs",
-        "3",
-        "--data.batch_size",
-        "32",
-        "--data.val_images",
-        "48",
-    ]
+def three_epochs(demo_root, tmp_path, run):
+    return fit_args(demo_root, tmp_path, run, trainer__max_epochs=3, data__batch_size=32, data__val_images=48)
 
 
 @pytest.mark.slow
-def test_a_run_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(demo_root, tmp_path, monkeypatch, run_args):
-    assert main(fit_args(demo_root, tmp_path, "full", run_args)) == 0
+def test_a_run_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(demo_root, tmp_path, monkeypatch):
+    assert main(three_epochs(demo_root, tmp_path, "full")) == 0
     train = ClipLab.training_step
 
     def killed_at_step_12(self, batch, batch_idx):  # epoch 1 (8 steps per epoch), half way through
@@ -40,12 +28,12 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(demo_roo
 
     monkeypatch.setattr(ClipLab, "training_step", killed_at_step_12)
     with pytest.raises(RuntimeError, match="killed"):
-        main(fit_args(demo_root, tmp_path, "cut", run_args))
+        main(three_epochs(demo_root, tmp_path, "cut"))
     monkeypatch.undo()
     run, full = tmp_path / "results" / "cut", tmp_path / "results" / "full"
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
     # the documented command: the run's own config and its last checkpoint
-    assert main(["fit", "-c", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints" / "last.ckpt")]) == 0
+    assert main(job_args("fit", run, "last.ckpt")) == 0
 
     a = torch.load(full / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     b = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
@@ -60,7 +48,7 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(demo_roo
 
 
 def test_a_nan_loss_stops_the_run_naming_the_step_and_the_last_good_checkpoint(
-    demo_root, tmp_path, monkeypatch, run_args, capsys
+    demo_root, tmp_path, monkeypatch, capsys
 ):
     loss = ClipLab.train_loss
 
@@ -69,23 +57,14 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_the_last_good_checkpoint(
         return (value * float("nan") if self.global_step >= 10 else value), acc
 
     monkeypatch.setattr(ClipLab, "train_loss", nan_from_step_10)
-    assert main(fit_args(demo_root, tmp_path, "nan", run_args)) == 2
+    assert main(three_epochs(demo_root, tmp_path, "nan")) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "NaN or infinite at or before global step 16" in err  # found at the end of epoch 1 (steps 8-15)
     assert "last good checkpoint:" in err and "last.ckpt" in err
 
 
 def test_a_checkpoint_of_another_architecture_is_one_clear_line(trained_run, capsys):
-    args = [
-        "test",
-        "-c",
-        str(trained_run / "config.yaml"),
-        "--ckpt_path",
-        str(trained_run / "checkpoints" / "best.ckpt"),
-        "--model.backbone",
-        "resnet34",
-    ]
-    assert main(args) == 2
+    assert main(job_args("test", trained_run, "best.ckpt", model__backbone="resnet34")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: the checkpoint was trained with another model (backbone: checkpoint 'resnet18'")
     from clip_lab.errors import ClipLabError

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_args import fit_args, job_args
 
 from clip_lab.__main__ import main
-from clip_lab.files import CONFIGS
 
 
 @pytest.fixture(scope="module")
@@ -22,35 +22,26 @@ def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("tracking_cache")  # the caches are built once for every fit of this file
 
 
-def fit_args(demo_root, tmp_path, run, run_args, cache_dir, *overlays, epochs=2):
-    args = [
-        "fit",
-        "-c",
-        str(CONFIGS / "coco.yaml"),
-        "-c",
-        str(CONFIGS / "demo.yaml"),
-        *[a for name in overlays for a in ("-c", str(CONFIGS / "tracking" / f"{name}.yaml"))],
-        *run_args(demo_root, tmp_path, run),
-        "--trainer.max_epochs",
-        str(epochs),
-        "--data.batch_size",
-        "32",
-        "--trainer.limit_train_batches",
-        "3",
-        "--data.val_images",
-        "48",
-        "--model.head_hidden",
-        "64",
-    ]
-    args[args.index("--data.cache_dir") + 1] = str(cache_dir)
-    return args
+def tracked_fit(demo_root, tmp_path, run, cache_dir, *trackers, epochs=2):
+    """fit arguments of a short run (3 batches an epoch) with configs/tracking/<tracker>.yaml of each of `trackers`."""
+    return fit_args(
+        demo_root,
+        tmp_path,
+        run,
+        *[f"tracking/{name}.yaml" for name in trackers],
+        data__cache_dir=cache_dir,
+        trainer__max_epochs=epochs,
+        data__batch_size=32,
+        trainer__limit_train_batches=3,
+        data__val_images=48,
+        model__head_hidden=64,
+    )
 
 
-def fit_and_test(demo_root, tmp_path, run, run_args, cache_dir, *overlays):
-    assert main(fit_args(demo_root, tmp_path, run, run_args, cache_dir, *overlays)) == 0
+def fit_and_test(demo_root, tmp_path, run, cache_dir, *trackers):
+    assert main(tracked_fit(demo_root, tmp_path, run, cache_dir, *trackers)) == 0
     run_dir = tmp_path / "results" / run
-    best = run_dir / "checkpoints" / "best.ckpt"
-    assert main(["test", "-c", str(run_dir / "config.yaml"), "--ckpt_path", str(best)]) == 0
+    assert main(job_args("test", run_dir, "best.ckpt")) == 0
     return run_dir
 
 
@@ -84,13 +75,13 @@ def tensorboard_events(folder):
 
 
 @pytest.fixture(scope="module")
-def tensorboard_run(demo_root, tmp_path_factory, run_args, cache_dir):
-    return fit_and_test(demo_root, tmp_path_factory.mktemp("tb"), "tb", run_args, cache_dir, "tensorboard")
+def tensorboard_run(demo_root, tmp_path_factory, cache_dir):
+    return fit_and_test(demo_root, tmp_path_factory.mktemp("tb"), "tb", cache_dir, "tensorboard")
 
 
 @pytest.fixture(scope="module")
-def mlflow_run(demo_root, tmp_path_factory, run_args, cache_dir):
-    return fit_and_test(demo_root, tmp_path_factory.mktemp("mlflow"), "ml", run_args, cache_dir, "mlflow")
+def mlflow_run(demo_root, tmp_path_factory, cache_dir):
+    return fit_and_test(demo_root, tmp_path_factory.mktemp("mlflow"), "ml", cache_dir, "mlflow")
 
 
 def test_tensorboard_logs_epochs_hyperparameters_best_checkpoint_and_test(tensorboard_run):
@@ -184,19 +175,7 @@ def test_mlflow_logs_params_epochs_best_checkpoint_and_test(mlflow_run, monkeypa
 def test_testing_a_checkpoint_of_a_fit_without_mlflow_starts_an_mlflow_run(tensorboard_run, monkeypatch, caplog):
     run_dir = tensorboard_run.parent / "tb_copy"  # (a copy: the fixture's run stays as its own test reads it)
     shutil.copytree(tensorboard_run, run_dir)
-    best = run_dir / "checkpoints" / "best.ckpt"
-    args = [
-        "test",
-        "-c",
-        str(run_dir / "config.yaml"),
-        "--run",
-        "tb_copy",
-        "--ckpt_path",
-        str(best),
-        "--tracking.mlflow",
-        "true",
-    ]
-    assert main(args) == 0
+    assert main(job_args("test", run_dir, "best.ckpt", run="tb_copy", tracking__mlflow="true")) == 0
     assert "no MLflow run of" in caplog.text and "starting a new one" in caplog.text
     client, run = mlflow_client(run_dir.parent, monkeypatch)
     assert (
@@ -208,9 +187,9 @@ def test_testing_a_checkpoint_of_a_fit_without_mlflow_starts_an_mlflow_run(tenso
 
 
 @pytest.mark.slow
-def test_a_resumed_fit_continues_both_trackers(demo_root, tmp_path, run_args, cache_dir, monkeypatch):
+def test_a_resumed_fit_continues_both_trackers(demo_root, tmp_path, cache_dir, monkeypatch):
     # both overlays stacked: their options add up
-    assert main(fit_args(demo_root, tmp_path, "both", run_args, cache_dir, "tensorboard", "mlflow")) == 0
+    assert main(tracked_fit(demo_root, tmp_path, "both", cache_dir, "tensorboard", "mlflow")) == 0
     run_dir = tmp_path / "results" / "both"
     pointer = json.loads((run_dir / "mlflow_run.json").read_text())
     # an interrupted fit may have logged an epoch that its last checkpoint does not hold: TensorBoard must drop it
@@ -218,16 +197,7 @@ def test_a_resumed_fit_continues_both_trackers(demo_root, tmp_path, run_args, ca
 
     with SummaryWriter(run_dir / "tensorboard") as writer:
         writer.add_scalar("val/rsum", -1.0, 2)
-    args = [
-        "fit",
-        "-c",
-        str(run_dir / "config.yaml"),
-        "--ckpt_path",
-        str(run_dir / "checkpoints" / "last.ckpt"),
-        "--trainer.max_epochs",
-        "3",
-    ]
-    assert main(args) == 0
+    assert main(job_args("fit", run_dir, "last.ckpt", trainer__max_epochs=3)) == 0
 
     assert len(csv_column(run_dir, "val/rsum")) == 3
     val = tensorboard_events(run_dir / "tensorboard").Scalars("val/rsum")
@@ -253,8 +223,8 @@ def test_a_resumed_fit_continues_both_trackers(demo_root, tmp_path, run_args, ca
         ),
     ],
 )
-def test_an_unknown_tracker_is_one_clear_line(yaml, expected, demo_root, tmp_path, run_args, cache_dir, capsys):
-    args = fit_args(demo_root, tmp_path, "t", run_args, cache_dir)
+def test_an_unknown_tracker_is_one_clear_line(yaml, expected, demo_root, tmp_path, cache_dir, capsys):
+    args = tracked_fit(demo_root, tmp_path, "t", cache_dir)
     if yaml is None:
         args += ["--tracking.wandb", "true"]
     else:
@@ -269,10 +239,10 @@ def test_an_unknown_tracker_is_one_clear_line(yaml, expected, demo_root, tmp_pat
 
 @pytest.mark.parametrize("tracker,package", [("tensorboard", "tensorboard"), ("mlflow", "mlflow-skinny")])
 def test_a_missing_tracker_package_is_one_clear_line(
-    tracker, package, demo_root, tmp_path, run_args, cache_dir, monkeypatch, capsys
+    tracker, package, demo_root, tmp_path, cache_dir, monkeypatch, capsys
 ):
     monkeypatch.setitem(sys.modules, tracker, None)  # import tensorboard / import mlflow now raise ImportError
-    assert main(fit_args(demo_root, tmp_path, "t", run_args, cache_dir, tracker)) == 2
+    assert main(tracked_fit(demo_root, tmp_path, "t", cache_dir, tracker)) == 2
     err = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("error")]
     assert err == [
         f"error: tracking.{tracker} needs the {package} package: pip install {package} (or set "
@@ -281,8 +251,8 @@ def test_a_missing_tracker_package_is_one_clear_line(
     assert not (tmp_path / "results" / "t").exists()
 
 
-def test_trackers_need_the_runs_csv_logger(demo_root, tmp_path, run_args, cache_dir, capsys):
-    args = fit_args(demo_root, tmp_path, "t", run_args, cache_dir, "tensorboard") + ["--trainer.logger", "false"]
+def test_trackers_need_the_runs_csv_logger(demo_root, tmp_path, cache_dir, capsys):
+    args = tracked_fit(demo_root, tmp_path, "t", cache_dir, "tensorboard") + ["--trainer.logger", "false"]
     assert main(args) == 2
     assert (
         capsys.readouterr().err.strip().splitlines()[-1]
