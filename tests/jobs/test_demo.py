@@ -67,4 +67,5 @@ def test_demo_keeps_other_outputs_and_tells_the_student_what_came_out(tmp_path, 
     everything = "\n".join([out, err, *logged])
     for noise in ("test/first_caption/i2t_MRR", "TPU available", "litlogger", "FLOPs", "estimate number of stepping"):
         assert noise not in everything, noise
-    assert "GPU available: False, used: False" in logged and "trainable and 0 frozen parameters" in out
+    # the device line stays (it says what trained the model), on a CPU machine and on a GPU one
+    assert any(line.startswith("GPU available: ") for line in logged) and "trainable and 0 frozen parameters" in out
