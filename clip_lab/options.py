@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import sys
 from collections.abc import Collection, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,18 @@ def renamed(argv: Sequence[str], known: Collection[str]) -> list[str]:
 
 
 class JobParser(argparse.ArgumentParser):
-    """argparse's parser for a job's options; reads the old spellings in RENAMED as the new ones, with a warning."""
+    """argparse's parser for a job's options; reads the old spellings in RENAMED as the new ones, with a warning, and
+    reports a wrong option as one line (`python -m clip_lab` prints it as `error: ...`), naming the closest option."""
+
+    def error(self, message: str) -> NoReturn:
+        from clip_lab.errors import ClipLabError
+
+        hint = ""
+        if message.startswith("unrecognized arguments:"):
+            wrong = [a.partition("=")[0] for a in message.split(":", 1)[1].split() if a.startswith("--")]
+            close = [difflib.get_close_matches(w, list(self._option_string_actions), n=1) for w in wrong]
+            hint = "".join(f"; did you mean {c[0]}?" for c in close if c)
+        raise ClipLabError(f"{message}{hint} ({self.prog} --help lists every option)")
 
     def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
         args = sys.argv[1:] if args is None else args

@@ -56,3 +56,15 @@ def test_bench_takes_no_compile_and_ckpt_path_and_still_reads_the_old_flags(capl
         old = bench.parse(["--small", "--no-compile", "--index_ckpt", "x.ckpt"])
     assert new.compile is False and old.compile is False and new.ckpt_path == old.ckpt_path == "x.ckpt"
     assert len(warnings(caplog)) == 2
+
+
+def test_a_wrong_option_of_a_job_is_one_line_naming_the_closest_one(capsys):
+    from clip_lab.__main__ import main
+
+    assert main(["search", "--ckpt_path", "x.ckpt", "--text", "a cat", "--idnex", "hnsw"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: unrecognized arguments: --idnex hnsw"), err
+    assert "did you mean --index?" in err[0] and "python -m clip_lab search --help" in err[0]
+    assert main(["embed", "--ckpt_path", "x.ckpt"]) == 2  # a required choice missing: one line too
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "one of the arguments --split --images --texts is required" in err[0], err

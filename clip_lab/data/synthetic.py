@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from PIL import Image, ImageDraw
 
 from clip_lab.data.datasets import DEMO_DESCRIPTION
+from clip_lab.models.text import quiet_transformers
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -366,6 +367,7 @@ def make_demo_dataset(
     shape = {"sides": sides, "sizes": sizes, "workers": workers}
     make_split(tmp, "train2014", n_train, seed, first_image_id=1, first_ann_id=1, **shape)
     make_split(tmp, "val2014", n_val, seed + 1, first_image_id=1_000_001, first_ann_id=10_000_001, **shape)
+    quiet_transformers()  # writing a few MB needs no progress bar
     make_clip_model(tmp / "clip_tiny", seed=seed, projection_dim=projection_dim)
     make_bert_model(tmp / "bert_tiny", seed=seed)
     (tmp / "DONE.json").write_text(json.dumps(spec))

@@ -30,10 +30,9 @@ from clip_lab.jobs.infer import (
 )
 from clip_lab.models.text import knows_no_word
 from clip_lab.options import JobParser
+from clip_lab.report.figures import FIGURE_RESULTS
 
 log = logging.getLogger(__name__)
-
-FIGURE_RESULTS = 25  # results a figure draws (5 rows of 5 images, or 25 caption lines); the JSON holds all k
 
 
 def gallery_k(k: int, n: int, what: str) -> int:

@@ -29,11 +29,20 @@ DEFAULT_TEXT_MODEL = "openai/clip-vit-base-patch32"
 WORD = re.compile(r"\w+")
 
 
+def quiet_transformers() -> None:
+    """No progress bars of transformers' own (loading and writing a few MB of local weights): a download's progress,
+    which huggingface_hub draws, still shows."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def load_pretrained(cls: Any, name: str, **kwargs: Any) -> Any:
     """`cls.from_pretrained(name)`: a local directory or the HF cache first, then the hub; a clear error if neither.
 
     Trying the cache first keeps runs offline-fast; a failed download never falls back to random weights.
     """
+    quiet_transformers()
     if Path(name).is_dir():
         try:
             return cls.from_pretrained(name, **kwargs)

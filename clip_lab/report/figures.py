@@ -28,6 +28,8 @@ from clip_lab.report.commands import RunCommands
 
 log = logging.getLogger(__name__)
 
+FIGURE_RESULTS = 25  # search results a figure draws (5 rows of 5 images, or 25 caption lines); the JSON holds all k
+
 DPI = 150
 THUMB = 160  # thumbnail side in pixels
 FONT = 9  # base font size at the figure's own size (figures are 7-9 inches wide: legible at report width)
@@ -302,6 +304,7 @@ def search_figure(ctx: Context, path: Path) -> tuple[Any, str]:
         raise Missing(f"{path} is not a text search result (no {e})", ctx.commands.search) from e
     if not rows:
         raise Missing(f"{path} holds no results", ctx.commands.search)
+    found, rows = len(rows), rows[:FIGURE_RESULTS]
     cols = min(5, len(rows))
     n_rows = math.ceil(len(rows) / cols)
     fig = new_figure(1.75 * cols + 0.3, 2.55 * n_rows + 0.5)
@@ -318,7 +321,8 @@ def search_figure(ctx: Context, path: Path) -> tuple[Any, str]:
     )
     caption = (
         f'The {len(rows)} images of {split} closest to the query "{text}" by cosine similarity, with their '
-        "rank, score and first caption."
+        "rank, score and first caption"
+        + (f" (the first {len(rows)} of the {found} the search returned)." if found > len(rows) else ".")
     )
     return fig, caption
 

@@ -182,3 +182,17 @@ def test_pca_finds_the_direction_of_largest_spread():
     assert xy.shape == (200, 2) and np.allclose(xy.mean(axis=0), 0, atol=1e-9)
     assert explained[0] == pytest.approx(100 * 100 / 101.01, abs=2.0) and explained[0] > explained[1]
     assert np.corrcoef(xy[:, 0], points[:, 0])[0, 1] ** 2 > 0.999
+
+
+def test_a_search_figure_draws_at_most_its_first_results_and_says_so(tmp_path):
+    from types import SimpleNamespace
+
+    rows = [{"rank": i + 1, "score": 1 - i / 100, "image_id": i, "caption": "a red circle"} for i in range(40)]
+    path = tmp_path / "search.json"
+    path.write_text(json.dumps({"query": {"text": "a red circle"}, "results": rows, "split": "val2014"}))
+    ctx = SimpleNamespace(thumb=lambda ref, label: None, commands=SimpleNamespace(search="search ..."))
+    fig, caption = figures.search_figure(ctx, path)
+    drawn = [ax for ax in fig.axes if ax.get_title()]
+    assert len(drawn) == figures.FIGURE_RESULTS == 25 and drawn[-1].get_title().startswith("#25 ")
+    assert "the first 25 of the 40 the search returned" in caption
+    assert fig.get_size_inches()[1] < 15  # five rows of five, not eight
