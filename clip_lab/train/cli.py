@@ -136,7 +136,8 @@ class ClipLabCLI(LightningCLI):
             if not best.is_file():
                 raise ClipLabError(
                     f"{sub} needs trained weights and {best} does not exist: pass --ckpt_path "
-                    "results/<run>/checkpoints/best.ckpt of a finished fit (or --run <that run>)"
+                    "results/<run>/checkpoints/best.ckpt of a finished fit (or --run <that run>); "
+                    + fitted_runs(Path(self.config[sub].results_dir), "checkpoints/best.ckpt")
                 )
             log.info("%s: no --ckpt_path given, using the run's best checkpoint %s", sub, best)
             self.config[sub]["ckpt_path"] = str(best)
@@ -264,14 +265,20 @@ def check_config_files(argv: Sequence[str]) -> None:
     if run_dir.parts[: len(root.parts)] != root.parts or run_dir == root:  # not under it: the folder above the run's
         root = run_dir.parent
     run = run_dir.relative_to(root).as_posix()
-    runs = sorted(p.parent.relative_to(root).as_posix() for p in root.glob("**/config.yaml")) if root.is_dir() else []
-    shown = ", ".join(runs[:8]) + (f" and {len(runs) - 8} more" if len(runs) > 8 else "")
     rd = "" if root == Path("results") else f" --results_dir {root}"
     raise ClipLabError(
-        f"run {run} has not been fitted: there is no {missing}; "
-        + (f"fitted runs in {root}/: {shown}" if runs else f"no run in {root}/ has been fitted yet")
-        + f". Fit it first: python -m clip_lab fit -c configs/coco.yaml --run {run}{rd}"
+        f"run {run} has not been fitted: there is no {missing}; {fitted_runs(root)}. Fit it first: "
+        f"python -m clip_lab fit -c configs/coco.yaml --run {run}{rd}"
     )
+
+
+def fitted_runs(root: Path, marker: str = "config.yaml") -> str:
+    """`fitted runs in <root>/: a, b` (the folders under `root` holding `marker`), or that there are none."""
+    up = len(Path(marker).parts)  # from the marker file back to its run folder
+    found = root.glob(f"**/{marker}") if root.is_dir() else []
+    runs = sorted(p.parents[up - 1].relative_to(root).as_posix() for p in found)
+    shown = ", ".join(runs[:8]) + (f" and {len(runs) - 8} more" if len(runs) > 8 else "")
+    return f"fitted runs in {root}/: {shown}" if runs else f"no run in {root}/ has been fitted yet"
 
 
 def main(argv: list[str] | None = None) -> ClipLabCLI:

@@ -124,6 +124,7 @@ def test_test_without_a_checkpoint_uses_the_runs_best_or_stops(trained_run, tmp_
     assert main([*config, "--run", "untrained"]) == 2  # no checkpoint: no test of random weights, nothing written
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
     assert len(err) == 1 and "test needs trained weights" in err[0] and "--ckpt_path" in err[0]
+    assert err[0].endswith(f"fitted runs in {results}/: t")  # the runs that can be tested
     assert not (results / "untrained").exists()
 
 
