@@ -131,25 +131,30 @@ def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
     return turn[orientation](image) if orientation in turn else image
 
 
-def decode_pil(path: str | Path, size: int) -> np.ndarray:
-    """One image -> `[size, size, 3]` uint8: full decode, central square, antialiased bilinear resize (the CPU path)."""
+def decode_pil(path: str | Path | io.BytesIO, size: int) -> np.ndarray:
+    """One image (a file, or its bytes) -> `[size, size, 3]` uint8: full decode, central square, antialiased bilinear
+    resize (the CPU path)."""
     try:
         with Image.open(path) as img:
             # a full decode, as nvJPEG's: no img.draft, whose DCT-domain downscaling of large JPEGs is faster but moves
-            # their pixels off the GPU path's by more than the 1 grey level (mean per image) the docstring promises;
-            # upright as the camera's EXIF orientation says, as the image is shown (and captioned)
-            img = ImageOps.exif_transpose(img).convert("RGB")
-            w, h = img.size
-            side = min(w, h)
-            box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
-            # crop first: resize(box=...) would let the filter reach past the square, unlike the GPU path
-            img = img.crop(box).resize((size, size), Image.Resampling.BILINEAR)
-            return np.asarray(img)
+            # their pixels off the GPU path's by more than the 1 grey level (mean per image) the docstring promises
+            return square_pil(img, size)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise ClipLabError(
             f"cannot decode image {path} ({type(e).__name__}: {e}); replace it with the "
             "official file or remove its entry from the captions json"
         ) from e
+
+
+def square_pil(img: Image.Image, size: int) -> np.ndarray:
+    """A PIL image -> `[size, size, 3]` uint8 as the image cache stores it: upright as the camera's EXIF orientation
+    says (as the image is shown, and captioned), RGB, its central square resized with an antialiased bilinear filter."""
+    img = ImageOps.exif_transpose(img).convert("RGB")
+    w, h = img.size
+    side = min(w, h)
+    box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
+    # crop first: resize(box=...) would let the filter reach past the square, unlike the GPU path
+    return np.asarray(img.crop(box).resize((size, size), Image.Resampling.BILINEAR))
 
 
 def build_image_cache(

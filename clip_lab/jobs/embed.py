@@ -12,18 +12,8 @@ import torch
 
 from clip_lab.errors import ClipLabError
 from clip_lab.files import save_torch
-from clip_lab.jobs.infer import (
-    add_checkpoint_args,
-    caption_gallery,
-    embed_files,
-    image_gallery,
-    list_images,
-    load_checkpoint,
-    open_split,
-    require_file,
-    slug,
-    text_encoder,
-)
+from clip_lab.jobs.infer import add_checkpoint_args, list_images, load_checkpoint, require_file, slug
+from clip_lab.jobs.retriever import Retriever
 from clip_lab.options import JobParser
 
 log = logging.getLogger(__name__)
@@ -55,15 +45,16 @@ def main(argv: list[str] | None = None) -> dict:
         files = list_images(args.images)  # checked before the model loads
     texts = read_texts(args.texts) if args.texts is not None else None
     ckpt = load_checkpoint(args)
+    retriever = Retriever(ckpt, args.split)
     meta = {
         "checkpoint": str(ckpt.path),
         "checkpoint_sha256": ckpt.sha256,
         "note": "rows are L2-normalized: cosine similarity is the dot product",
     }
     if args.split is not None:
-        split = open_split(ckpt, args.split)
-        images, usable, _ = image_gallery(ckpt, split)  # unreadable images are left out, as in evaluation
-        captions, _ = caption_gallery(ckpt, split)
+        split = retriever.split
+        images, usable = retriever.images.embeddings, retriever.images.rows  # unreadable images are left out
+        captions = retriever.captions.embeddings
         position = torch.full((len(split.image_ids),), -1, dtype=torch.long)
         position[torch.from_numpy(usable)] = torch.arange(len(usable))
         out = {
@@ -81,20 +72,19 @@ def main(argv: list[str] | None = None) -> dict:
     elif args.images is not None:
         root = Path(args.images)
         out = {
-            "image_embeddings": embed_files(ckpt, files),
+            "image_embeddings": retriever.embed_images(files),
             "file_names": [str(f.relative_to(root)) if root.is_dir() else f.name for f in files],
         }
         name = f"images-{slug(root.stem)}"
     else:
-        encoder = text_encoder(ckpt)
-        unknown = encoder.unknown_words(texts)
+        unknown = retriever.unknown_words(texts)
         if unknown:  # they embed as the unknown token: the rows would not reflect them
             log.warning(
                 "%s: %s not in the text encoder's vocabulary (read as its unknown token)",
                 args.texts,
                 ", ".join(map(repr, unknown)),
             )
-        out = {"texts": texts, "text_embeddings": encoder.encode(texts).float().cpu(), "unknown_words": unknown}
+        out = {"texts": texts, "text_embeddings": retriever.embed_texts(texts), "unknown_words": unknown}
         name = f"texts-{slug(Path(args.texts).stem)}"
     path = Path(args.out) if args.out else ckpt.run_dir / "embeddings" / f"{name}.pt"
     save_torch(out | meta, path)

@@ -88,14 +88,26 @@ class Checkpoint:
 
 
 def load_checkpoint(args: argparse.Namespace) -> Checkpoint:
-    """The model of `args.ckpt_path` in eval mode on the device, with its datamodule settings under the flags'
-    overrides. Only the weights are read: the optimizer state a best.ckpt leaves out is never needed."""
+    """`open_checkpoint` of a job's `add_checkpoint_args` options."""
+    flags = {n: getattr(args, n) for n in DATA_FLAGS if getattr(args, n, None) is not None}
+    return open_checkpoint(args.ckpt_path, args.device, args.batch_size, **flags)
+
+
+def open_checkpoint(
+    ckpt_path: str | Path, device: str | torch.device | None = None, batch_size: int = 256, **data: Any
+) -> Checkpoint:
+    """The model of `ckpt_path` in eval mode on `device` (default: cuda when available), with its datamodule settings
+    under the overrides in `data` (DATA_FLAGS). Only the weights are read: the optimizer state a best.ckpt leaves out
+    is never needed."""
+    unknown = set(data) - set(DATA_FLAGS)
+    if unknown:
+        raise ClipLabError(f"unknown data settings {sorted(unknown)}: the ones inference reads are {list(DATA_FLAGS)}")
     path = require_file(
-        args.ckpt_path,
+        ckpt_path,
         "checkpoint",
         "pass a .ckpt written by `python -m clip_lab fit`, e.g. results/<run>/checkpoints/best.ckpt",
     )
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ClipLabError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
     try:
@@ -115,15 +127,15 @@ def load_checkpoint(args: argparse.Namespace) -> Checkpoint:
     defaults = {
         n: p.default for n, p in inspect.signature(RetrievalData).parameters.items() if p.default is not p.empty
     }
-    flags = {n: getattr(args, n) for n in DATA_FLAGS if getattr(args, n, None) is not None}
+    flags = {n: v for n, v in data.items() if v is not None}
     data = defaults | {k: v for k, v in (stored or {}).items() if not k.startswith("_")} | flags
     if not 0 < data["image_size"] <= data["cache_image_size"]:
         raise ClipLabError(
             f"image_size {data['image_size']} must be positive and at most cache_image_size {data['cache_image_size']}"
         )
-    if args.batch_size < 1:
-        raise ClipLabError(f"--batch_size must be at least 1, not {args.batch_size}")
-    return Checkpoint(path, sha256_file(path), model, data, device, args.batch_size)
+    if batch_size < 1:
+        raise ClipLabError(f"--batch_size must be at least 1, not {batch_size}")
+    return Checkpoint(path, sha256_file(path), model, data, device, batch_size)
 
 
 def reason(e: BaseException | None) -> str:
@@ -197,15 +209,6 @@ def embed_images(ckpt: Checkpoint, squares: np.ndarray, progress: bool = False) 
         with torch.autocast(ckpt.device.type, dtype=torch.bfloat16, enabled=cuda):  # the precision fit tests with
             out.append(ckpt.model(center_crop(batch, ckpt.data["image_size"])).float().cpu())
     return torch.cat(out)
-
-
-def embed_files(ckpt: Checkpoint, files: Sequence[Path]) -> Tensor:
-    """Embeddings `[len(files), dim]` of image files, decoded a batch at a time (never a whole folder in memory)."""
-    size = ckpt.data["cache_image_size"]
-    chunks = [torch.empty(0, ckpt.model.hparams.embed_dim)]
-    for s in range(0, len(files), ckpt.batch_size):
-        chunks.append(embed_images(ckpt, np.stack([read_image(f, size) for f in files[s : s + ckpt.batch_size]])))
-    return torch.cat(chunks)
 
 
 # -- splits and the image gallery --------------------------------------------------------------------------------------

@@ -3,31 +3,25 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from clip_lab.data import image_cache
-from clip_lab.data.split import CaptionedSplit
 from clip_lab.errors import ClipLabError
-from clip_lab.eval.index import KINDS, IndexSpec, open_index
+from clip_lab.eval.index import KINDS, IndexSpec
 from clip_lab.files import atomic_path, save_json
 from clip_lab.jobs.infer import (
-    Checkpoint,
     add_checkpoint_args,
-    caption_gallery,
-    embed_files,
-    image_gallery,
     load_checkpoint,
     model_view,
-    open_split,
     read_image,
     require_file,
     save_image_grid,
     slug,
-    text_encoder,
     unused_path,
 )
+from clip_lab.jobs.retriever import Retriever
 from clip_lab.models.text import knows_no_word
 from clip_lab.options import JobParser
 from clip_lab.report.figures import FIGURE_RESULTS
@@ -42,13 +36,10 @@ def gallery_k(k: int, n: int, what: str) -> int:
     return min(k, n)
 
 
-def search_images(
-    ckpt: Checkpoint, split: CaptionedSplit, text: str, k: int, figure: Path, spec: IndexSpec = IndexSpec()
-) -> dict:
-    """The top-k images of `split` for `text` through the index `spec`, and a grid of them (rank, score) saved to
-    `figure`."""
-    encoder = text_encoder(ckpt)
-    unknown = encoder.unknown_words([text])
+def search_images(retriever: Retriever, text: str, k: int, figure: Path) -> dict:
+    """The top-k images of the retriever's split for `text`, and a grid of them (rank, score) saved to `figure`."""
+    encoder, split = retriever.encoder, retriever.split
+    unknown = retriever.unknown_words([text])
     if unknown:  # they embed as the unknown token: results that look sure would not reflect them
         log.warning(
             "query %r: %s not in the text encoder's vocabulary (read as its unknown token); %s",
@@ -58,77 +49,50 @@ def search_images(
             if knows_no_word(encoder, text)
             else "the ranking rests on the other words alone",
         )
-    gallery, usable, cache = image_gallery(ckpt, split)
-    k = gallery_k(k, len(gallery), f"images of {split.name}")
-    query = encoder.encode([text])[0].cpu()
-    searcher = open_index(spec, gallery, cache, ckpt.device)
-    scores, rows = searcher.top_k(query, k)
-    index = usable[rows].tolist()
-    start = split.caption_start
-    hp = ckpt.data
+    gallery = retriever.images
+    matches = retriever.search_text(text, gallery_k(k, len(gallery), f"images of {split.name}"))
+    # `caption` (the first) is what the report's search table and figure print
     results = [
-        {
-            "rank": r + 1,
-            "score": s,
-            "image_id": int(split.image_ids[i]),
-            "file_name": split.file_names[i],
-            "caption": split.captions[start[i]] if start[i + 1] > start[i] else None,
-            **image_cache.image_ref(hp["cache_dir"], split, hp["cache_image_size"], i),
-        }
-        for r, (s, i) in enumerate(zip(scores, index))
+        asdict(m) | {"caption": m.captions[0] if m.captions else None} | retriever.image_ref(m.image_id)
+        for m in matches
     ]
-    size = ckpt.data["cache_image_size"]
-    shown = index[:FIGURE_RESULTS]
+    hp = retriever.ckpt.data
+    shown = results[:FIGURE_RESULTS]
     save_image_grid(
         figure,
-        [model_view(read_image(split.image_path(i), size), ckpt.data["image_size"]) for i in shown],
-        [f"#{r['rank']}  {r['score']:.3f}" for r in results[: len(shown)]],
-        suptitle=f'"{text}": top {len(index)} of {split.name}'
-        + (f" (the first {len(shown)} shown)" if len(shown) < len(index) else ""),
+        [model_view(read_image(r["file"], hp["cache_image_size"]), hp["image_size"]) for r in shown],
+        [f"#{r['rank']}  {r['score']:.3f}" for r in shown],
+        suptitle=f'"{text}": top {len(results)} of {split.name}'
+        + (f" (the first {len(shown)} shown)" if len(shown) < len(results) else ""),
         cols=5,
     )
     return {
         "query": {"text": text, "unknown_words": unknown},
-        "k": k,
-        "gallery": {"kind": "images", "n": len(gallery), "cache": str(cache)},
-        "index": searcher.describe(),
+        "k": len(results),
+        "gallery": {"kind": "images", "n": len(gallery), "cache": str(gallery.file)},
+        "index": gallery.index.describe(),
         "results": results,
     }
 
 
-def search_captions(
-    ckpt: Checkpoint, split: CaptionedSplit, image: Path, k: int, figure: Path, spec: IndexSpec = IndexSpec()
-) -> dict:
-    """The top-k captions of `split` for the image file `image` through the index `spec`, and the image beside them
-    saved to `figure`."""
-    gallery, cache = caption_gallery(ckpt, split)
-    k = gallery_k(k, len(gallery), f"captions of {split.name}")
-    query = embed_files(ckpt, [image])[0]
-    searcher = open_index(spec, gallery, cache, ckpt.device)
-    scores, rows = searcher.top_k(query, k)
-    results = [
-        {
-            "rank": r + 1,
-            "score": s,
-            "caption": split.captions[j],
-            "caption_id": int(split.caption_ids[j]),
-            "image_id": int(split.image_ids[split.caption_image[j]]),
-            "file_name": split.file_names[split.caption_image[j]],
-        }
-        for r, (s, j) in enumerate(zip(scores, rows))
-    ]
+def search_captions(retriever: Retriever, image: Path, k: int, figure: Path) -> dict:
+    """The top-k captions of the retriever's split for the image file `image`, and the image beside them saved to
+    `figure`."""
+    gallery, split, hp = retriever.captions, retriever.split, retriever.ckpt.data
+    matches = retriever.search_image(image, gallery_k(k, len(gallery), f"captions of {split.name}"), "captions")
+    results = [asdict(m) for m in matches]
     _caption_figure(
         figure,
-        model_view(read_image(image, ckpt.data["cache_image_size"]), ckpt.data["image_size"]),
+        model_view(read_image(image, hp["cache_image_size"]), hp["image_size"]),
         image.name,
         results,
         split.name,
     )
     return {
         "query": {"image": str(image)},
-        "k": k,
-        "gallery": {"kind": "captions", "n": len(gallery), "cache": str(cache)},
-        "index": searcher.describe(),
+        "k": len(results),
+        "gallery": {"kind": "captions", "n": len(gallery), "cache": str(gallery.file)},
+        "index": gallery.index.describe(),
         "results": results,
     }
 
@@ -182,16 +146,17 @@ def main(argv: list[str] | None = None) -> dict:
     ckpt = load_checkpoint(args)
     if args.image is not None:  # unreadable query image: fail before any gallery work
         read_image(args.image, ckpt.data["cache_image_size"])
-    split = open_split(ckpt, args.split or ckpt.data["test_split"])
+    retriever = Retriever(ckpt, args.split, spec)
+    split = retriever.split  # a missing split: one line now, before the output is named
 
     text = args.text.strip() if args.text is not None else None
     name = f"text-{slug(text)}" if text else f"image-{slug(Path(args.image).stem)}"
     out = unused_path(Path(args.out) if args.out else ckpt.run_dir / "search" / f"{name}_{split.name}.json")
     figure = out.with_suffix(".png")
     if text:
-        result = search_images(ckpt, split, text, args.k, figure, spec)
+        result = search_images(retriever, text, args.k, figure)
     else:
-        result = search_captions(ckpt, split, Path(args.image), args.k, figure, spec)
+        result = search_captions(retriever, Path(args.image), args.k, figure)
     result |= {
         "checkpoint": str(ckpt.path),
         "split": split.name,

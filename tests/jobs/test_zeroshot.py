@@ -17,6 +17,7 @@ from clip_lab.__main__ import main
 from clip_lab.data.augment import center_crop
 from clip_lab.data.image_cache import decode_pil
 from clip_lab.data.synthetic import COLORS, SHAPES
+from clip_lab.eval.zeroshot import TEMPLATES, load_templates
 from clip_lab.jobs import zeroshot
 from clip_lab.models.text import TextEncoder
 from clip_lab.report import figures
@@ -49,7 +50,7 @@ def test_split_probabilities_accuracy_and_chance_are_what_they_say(trained_run, 
 
     # the probabilities recomputed by hand: decode + centre crop, prompt ensembling, softmax of exp(scale) * cosine
     model = ClipLab.load_from_checkpoint(ckpt_of(trained_run), map_location="cpu", weights=None).eval()
-    templates = zeroshot.load_templates(zeroshot.TEMPLATES)
+    templates = load_templates(TEMPLATES)
     encoder = TextEncoder(text_model, 32)
     classes = torch.stack(
         [F.normalize(encoder.encode([t.replace("{}", c) for t in templates]).mean(0), dim=0) for c in SHAPES]
@@ -136,20 +137,6 @@ def test_bad_input_is_one_clear_line(trained_run, tmp_path, capsys, change, mess
     assert main(["zeroshot", *[x for k, v in args.items() for x in (k, *v)]]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
-
-
-def test_top_classes_are_the_best_class_or_every_class_tied_for_the_top():
-    probs = torch.tensor(
-        [
-            [0.5, 0.3, 0.2],
-            [0.4, 0.4, 0.2],  # an exact tie of two
-            [1 / 3, 1 / 3, 1 / 3],  # all tied
-            [0.2, 0.4, 0.4 + 1e-7],  # equal within float rounding: a tie
-            [0.2, 0.4 - 2e-5, 0.4],  # 2e-5 apart: a real (if small) difference
-            [0.2, 0.39, 0.41],
-        ]
-    )
-    assert zeroshot.top_classes(probs) == [[0], [0, 1], [0, 1, 2], [1, 2], [2], [2]]
 
 
 def test_classes_that_embed_identically_tie_and_never_count_as_skill(trained_run, demo_root, tmp_path, caplog, capsys):
