@@ -25,6 +25,7 @@ JOBS = {
     "baselines": "clip_lab.jobs.baselines",
     "embed": "clip_lab.jobs.embed",
     "prepare": "clip_lab.jobs.prepare",
+    "serve": "clip_lab.jobs.serve",
 }
 LIGHTNING_JOBS = {  # LightningCLI's subcommands (its `predict` has no meaning here: `embed` writes embeddings)
     "fit": "train a model: config, CSV log and checkpoints (best.ckpt, last.ckpt) in results/<run>/",

@@ -101,8 +101,12 @@ class Gallery:
         return len(self.embeddings)
 
 
-class _Lru:
-    """A bounded least-recently-used map (the caller holds the Retriever's lock)."""
+class NotInGallery(ClipLabError):
+    """An image id the gallery does not hold (the server answers 404)."""
+
+
+class Lru:
+    """A bounded least-recently-used map (callers hold a lock around `get`)."""
 
     def __init__(self, size: int) -> None:
         self.size, self.items = size, OrderedDict()
@@ -136,8 +140,8 @@ class Retriever:
         self.spec = IndexSpec(index) if isinstance(index, str) else index
         self.spec.check()  # a bad setting, or FAISS missing for hnsw: before any gallery work
         self.lock = threading.RLock()
-        self._texts = _Lru(CACHED_TEXTS)
-        self._class_sets = _Lru(CACHED_CLASS_SETS)
+        self._texts = Lru(CACHED_TEXTS)
+        self._class_sets = Lru(CACHED_CLASS_SETS)
         self._galleries: dict[str, Gallery] = {}
 
     @classmethod
@@ -217,7 +221,7 @@ class Retriever:
         try:
             return self._rows_by_id[int(image_id)]
         except (KeyError, ValueError, TypeError):
-            raise ClipLabError(f"image id {image_id} is not an image of {self.split.name}") from None
+            raise NotInGallery(f"image id {image_id} is not an image of {self.split.name}") from None
 
     def image_captions(self, image_id: int) -> list[str]:
         """Every caption the split gives the image."""
@@ -276,7 +280,7 @@ class Retriever:
             self.row(image)  # not in the split at all: say so
             position = self._image_positions.get(int(image))
             if position is None:
-                raise ClipLabError(f"image {image} of {self.split.name} could not be read when the gallery was built")
+                raise NotInGallery(f"image {image} of {self.split.name} could not be read when the gallery was built")
             return self.images.embeddings[position].float()
         return self.embed_images([image])[0]
 

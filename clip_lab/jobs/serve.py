@@ -1,0 +1,451 @@
+"""`python -m clip_lab serve`: a search web page and HTTP API over trained checkpoints (FastAPI on uvicorn).
+
+Every route is a thin layer over `Retriever`. Images a client sends are the request's body (`Content-Type:
+image/jpeg`, `image/png`, ...), read into memory up to MAX_UPLOAD_BYTES and opened up to MAX_PIXELS: nothing a
+client sends is written to disk (multipart uploads spool large files to a temporary file) or names a file; gallery
+pictures are found by image id through the split's own records. Errors are `{"error": "one line"}` with a 4xx status.
+"""
+
+import io  # no `from __future__ import annotations`: FastAPI reads the routes' annotations, local names included
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+from PIL import Image
+
+from clip_lab.errors import ClipLabError
+from clip_lab.eval.index import KINDS, IndexSpec
+from clip_lab.jobs.infer import DATA_FLAGS, open_checkpoint
+from clip_lab.jobs.retriever import CaptionMatch, Classification, ImageMatch, Lru, NotInGallery, Retriever
+from clip_lab.options import JobParser
+
+log = logging.getLogger(__name__)
+
+WEB = Path(__file__).resolve().parents[1] / "web"  # the page: index.html, app.js, style.css (no build step)
+MAX_UPLOAD_BYTES = 10 << 20  # 10 MiB: a phone photo is 2-6 MB
+MAX_PIXELS = 50_000_000  # a 48-megapixel phone photo opens; a decompression bomb (a tiny file of huge size) does not
+UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # decoders an upload may reach, no others
+MAX_K = 100  # results per query
+MAX_QUERY_CHARS = 500  # a caption is ~60; CLIP's text tower reads 77 tokens at most
+MAX_CLASSES, MAX_TEMPLATES = 64, 32
+THUMB_SIZES = (64, 512)  # thumbnail sizes a client may ask for, inclusive
+CACHED_THUMBNAILS = 2048  # encoded JPEGs kept (~15 KB each at 256 px)
+
+
+def require_fastapi() -> Any:
+    """The fastapi module; one clear line when the serving extra is not installed."""
+    try:
+        import fastapi
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise ClipLabError(
+            f"serve needs FastAPI and uvicorn, which are not installed ({type(e).__name__}: {e.name}); "
+            "`pip install -r requirements.txt` (or `pip install clip-lab[serve]`)"
+        ) from e
+    return fastapi
+
+
+def model_names(paths: list[str]) -> list[str]:
+    """A short unique name per checkpoint: its run's folder name (`results/<run>/checkpoints/best.ckpt` -> `<run>`),
+    with the file's stem when one run gives two checkpoints, and a number after that."""
+    names = []
+    for p in map(Path, paths):
+        run = p.parent.parent.name if p.parent.name == "checkpoints" else p.stem
+        name = run if run not in names else f"{run}:{p.stem}"
+        n = 1
+        while name in names:
+            n += 1
+            name = f"{run}-{n}"
+        names.append(name)
+    return names
+
+
+def open_upload(data: bytes) -> Image.Image:
+    """The decoded image of an upload's bytes, or ClipLabError naming why not (size, format, damage)."""
+    if not data:
+        raise ClipLabError("the request has no body: send the image file's bytes as the body (Content-Type image/*)")
+    try:
+        img = Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS)  # reads the header only
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ClipLabError(f"the upload is not an image this server reads ({', '.join(UPLOAD_FORMATS)})") from e
+    if img.width * img.height > MAX_PIXELS:
+        raise ClipLabError(
+            f"the image is {img.width} x {img.height} pixels, more than {MAX_PIXELS / 1e6:.0f} megapixels: "
+            "send a smaller one"
+        )
+    try:
+        img.load()
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
+        raise ClipLabError(f"the image cannot be decoded ({type(e).__name__}): it is damaged or truncated") from e
+    return img
+
+
+def build_app(retrievers: dict[str, Retriever]) -> Any:
+    """The FastAPI app: the page at `/`, the API under `/api` (OpenAPI docs at `/docs`), over named retrievers."""
+    require_fastapi()
+    from fastapi import Depends, FastAPI, HTTPException, Query, Request
+    from fastapi import Path as PathParam
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from pydantic import BaseModel
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    class Health(BaseModel):
+        status: str
+        models: int
+
+    class ModelInfo(BaseModel):
+        name: str
+        checkpoint: str
+        dataset: str
+        split: str
+        images: int  # readable images in the gallery
+        captions: int
+        index: dict[str, Any]
+        embed_dim: int
+        device: str
+        logit_scale: float
+
+    class QueryInfo(BaseModel):
+        text: str | None = None
+        image_id: int | None = None
+        upload: dict[str, Any] | None = None  # bytes, width, height, format of an uploaded image
+
+    class ImagesResult(BaseModel):
+        model: str
+        query: QueryInfo
+        k: int
+        gallery_size: int
+        unknown_words: list[str]  # query words the text encoder reads as its unknown token
+        true_image_ids: list[int]  # for a text that is a caption of the split: the image(s) it describes
+        results: list[ImageMatch]
+
+    class CaptionsResult(BaseModel):
+        model: str
+        query: QueryInfo
+        k: int
+        gallery_size: int
+        results: list[CaptionMatch]
+
+    class ClassifyResult(BaseModel):
+        model: str
+        query: QueryInfo
+        classes: list[str]
+        templates: list[str]
+        unknown_words: list[str]
+        result: Classification
+
+    class Examples(BaseModel):
+        captions: list[str]
+
+    class GalleryImage(BaseModel):
+        image_id: int
+        file_name: str
+        captions: list[str]
+
+    app = FastAPI(
+        title="clip_lab search",
+        version=__import__("clip_lab").__version__,
+        description="Text and image search over the galleries of trained clip_lab checkpoints, and zero-shot "
+        "classification. Images are sent as the request body (Content-Type image/jpeg, image/png, ...).",
+    )
+    names = list(retrievers)
+    thumbnails, thumbnails_lock = Lru(CACHED_THUMBNAILS), threading.Lock()
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status)
+
+    @app.exception_handler(StarletteHTTPException)  # FastAPI's, and Starlette's own (unknown routes)
+    async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        return error(e.status_code, str(e.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, e: RequestValidationError) -> JSONResponse:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())[1:]) or "request"
+        return error(422, f"{where}: {first.get('msg', 'invalid')}")
+
+    def retriever(model: Annotated[str, PathParam(description="a name from /api/models")]) -> Retriever:
+        if model not in retrievers:
+            raise HTTPException(404, f"no model {model!r}: this server has {', '.join(names)}")
+        return retrievers[model]
+
+    Model = Annotated[Retriever, Depends(retriever)]
+    K = Annotated[int, Query(ge=1, le=MAX_K, description="results to return")]
+
+    async def body(request: Request) -> bytes:
+        """The request body, refused past MAX_UPLOAD_BYTES while it streams in (never held whole, never on disk)."""
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES:
+            raise HTTPException(413, f"the upload is {int(declared)} bytes, more than {MAX_UPLOAD_BYTES} allowed")
+        data = bytearray()
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > MAX_UPLOAD_BYTES:
+                raise HTTPException(413, f"the upload is more than {MAX_UPLOAD_BYTES} bytes")
+        kind = request.headers.get("content-type", "")
+        if data and kind and not kind.startswith(("image/", "application/octet-stream")):
+            raise HTTPException(415, f"send the image's bytes with Content-Type image/*, not {kind}")
+        return bytes(data)
+
+    Upload = Annotated[bytes, Depends(body)]
+    upload_doc = {"requestBody": {"content": {"image/*": {"schema": {"type": "string", "format": "binary"}}}}}
+
+    def timed(stages: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            stages[name] = stages.get(name, 0.0) + (time.perf_counter() - t0) * 1e3
+
+    def respond(result: BaseModel, stages: dict[str, float]) -> Response:
+        """The result as JSON, with a Server-Timing header of each stage's milliseconds (serialize included)."""
+        content = timed(stages, "serialize", lambda: result.model_dump_json().encode())
+        timing = ", ".join(f"{k};dur={v:.3f}" for k, v in stages.items())
+        return Response(content, media_type="application/json", headers={"Server-Timing": timing})
+
+    def checked(fn: Callable[[], Any]) -> Any:
+        """`fn()`, its ClipLabError (bad input the user can fix) as a 400 with that line, an unknown id as a 404."""
+        try:
+            return fn()
+        except NotInGallery as e:
+            raise HTTPException(404, str(e)) from e
+        except ClipLabError as e:
+            raise HTTPException(400, str(e)) from e
+
+    def upload_query(img: Image.Image, data: bytes) -> QueryInfo:
+        return QueryInfo(upload={"bytes": len(data), "width": img.width, "height": img.height, "format": img.format})
+
+    def search_images(name: str, r: Retriever, query: QueryInfo, embed: Callable[[], Any], k: int) -> Response:
+        stages: dict[str, float] = {}
+        emb = timed(stages, "encode", lambda: checked(embed))
+        matches = timed(stages, "search", lambda: r.search_embedding(emb, k, "images"))
+        text = query.text
+        result = ImagesResult(
+            model=name,
+            query=query,
+            k=len(matches),
+            gallery_size=len(r.images),
+            unknown_words=r.unknown_words([text]) if text else [],
+            true_image_ids=r.true_images(text) if text else [],
+            results=matches,
+        )
+        return respond(result, stages)
+
+    def search_captions(name: str, r: Retriever, query: QueryInfo, embed: Callable[[], Any], k: int) -> Response:
+        stages: dict[str, float] = {}
+        emb = timed(stages, "encode", lambda: checked(embed))
+        matches = timed(stages, "search", lambda: r.search_embedding(emb, k, "captions"))
+        result = CaptionsResult(model=name, query=query, k=len(matches), gallery_size=len(r.captions), results=matches)
+        return respond(result, stages)
+
+    # -- routes ----------------------------------------------------------------------------------------------------
+    page = {f: (WEB / f).read_bytes() for f in ("index.html", "app.js", "style.css")}
+    media = {"html": "text/html; charset=utf-8", "js": "text/javascript; charset=utf-8", "css": "text/css"}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index() -> Response:
+        return Response(page["index.html"], media_type=media["html"])
+
+    @app.get("/app.js", include_in_schema=False)
+    def script() -> Response:
+        return Response(page["app.js"], media_type=media["js"])
+
+    @app.get("/style.css", include_in_schema=False)
+    def style() -> Response:
+        return Response(page["style.css"], media_type=media["css"])
+
+    @app.get("/api/health", response_model=Health, tags=["server"])
+    def health() -> Health:
+        return Health(status="ok", models=len(retrievers))
+
+    @app.get("/api/models", response_model=list[ModelInfo], tags=["server"])
+    def models() -> list[ModelInfo]:
+        out = []
+        for name, r in retrievers.items():
+            out.append(
+                ModelInfo(
+                    name=name,
+                    checkpoint=str(r.ckpt.path),
+                    dataset=r.ckpt.data["dataset"],
+                    split=r.split.name,
+                    images=len(r.images),
+                    captions=len(r.captions),
+                    index=r.images.index.describe(),
+                    embed_dim=r.ckpt.model.hparams.embed_dim,
+                    device=r.ckpt.device.type,
+                    logit_scale=round(r.ckpt.logit_scale, 4),
+                )
+            )
+        return out
+
+    @app.get("/api/models/{model}/images", response_model=ImagesResult, tags=["search"])
+    def images(
+        model: str,
+        r: Model,
+        k: K = 10,
+        text: Annotated[str | None, Query(max_length=MAX_QUERY_CHARS, description="a text query")] = None,
+        image_id: Annotated[int | None, Query(description="a gallery image as the query")] = None,
+    ) -> Response:
+        """The top-k gallery images for a text, or for a gallery image (exactly one of the two)."""
+        if (text is None) == (image_id is None):
+            raise HTTPException(422, "give one query: text=words or image_id=an id of the gallery")
+        if text is not None:
+            if not text.strip():
+                raise HTTPException(422, "text: the query is empty; give some words, e.g. 'a red circle'")
+            return search_images(model, r, QueryInfo(text=text.strip()), lambda: r.embed_text(text), k)
+        return search_images(model, r, QueryInfo(image_id=image_id), lambda: r.embed_image(image_id), k)
+
+    @app.post("/api/models/{model}/images", response_model=ImagesResult, tags=["search"], openapi_extra=upload_doc)
+    async def images_of_upload(model: str, r: Model, data: Upload, k: K = 10) -> Response:
+        """The top-k gallery images for an uploaded image (the request body)."""
+        img = checked(lambda: open_upload(data))
+        return await run_in_threadpool(
+            search_images, model, r, upload_query(img, data), lambda: r.embed_images([img])[0], k
+        )
+
+    @app.get("/api/models/{model}/captions", response_model=CaptionsResult, tags=["search"])
+    def captions(model: str, r: Model, image_id: Annotated[int, Query(description="a gallery image")], k: K = 10):
+        """The top-k gallery captions for a gallery image."""
+        return search_captions(model, r, QueryInfo(image_id=image_id), lambda: r.embed_image(image_id), k)
+
+    @app.post("/api/models/{model}/captions", response_model=CaptionsResult, tags=["search"], openapi_extra=upload_doc)
+    async def captions_of_upload(model: str, r: Model, data: Upload, k: K = 10) -> Response:
+        """The top-k gallery captions for an uploaded image (the request body)."""
+        img = checked(lambda: open_upload(data))
+        return await run_in_threadpool(
+            search_captions, model, r, upload_query(img, data), lambda: r.embed_images([img])[0], k
+        )
+
+    @app.post(
+        "/api/models/{model}/classify", response_model=ClassifyResult, tags=["zero-shot"], openapi_extra=upload_doc
+    )
+    async def classify(
+        model: str,
+        r: Model,
+        data: Upload,
+        classes: Annotated[list[str], Query(max_length=MAX_CLASSES, description="class names, two or more")],
+        templates: Annotated[
+            list[str] | None, Query(max_length=MAX_TEMPLATES, description="prompt templates with one {} each")
+        ] = None,
+    ) -> ClassifyResult:
+        """Zero-shot classes of an uploaded image among `classes` (default templates: configs/prompts.yaml)."""
+        img = checked(lambda: open_upload(data))
+        if any(len(c) > MAX_QUERY_CHARS for c in [*classes, *(templates or [])]):
+            raise HTTPException(422, f"classes and templates are at most {MAX_QUERY_CHARS} characters each")
+
+        def run() -> ClassifyResult:
+            result = checked(lambda: r.classify(img, classes, templates))
+            used = templates or r.default_templates
+            names = [c.strip() for c in classes]
+            unknown = r.unknown_words([*names, *(t.replace("{}", " ") for t in used)])
+            return ClassifyResult(
+                model=model,
+                query=upload_query(img, data),
+                classes=names,
+                templates=used,
+                unknown_words=unknown,
+                result=result,
+            )
+
+        return await run_in_threadpool(run)
+
+    @app.get("/api/models/{model}/examples", response_model=Examples, tags=["gallery"])
+    def examples(model: str, r: Model, n: Annotated[int, Query(ge=1, le=MAX_K)] = 4) -> Examples:
+        """Captions of the gallery to try as queries: the first caption of `n` images spread over the split."""
+        start, split = r.split.caption_start, r.split
+        captioned = [i for i in range(len(split.image_ids)) if start[i + 1] > start[i]]
+        picks = [captioned[j * len(captioned) // n] for j in range(min(n, len(captioned)))]
+        return Examples(captions=[split.captions[start[i]] for i in picks])
+
+    @app.get("/api/models/{model}/gallery/{image_id}", response_model=GalleryImage, tags=["gallery"])
+    def gallery_image(model: str, r: Model, image_id: int) -> GalleryImage:
+        """An image of the gallery: its file name and captions."""
+        row = checked(lambda: r.row(image_id))
+        return GalleryImage(image_id=image_id, file_name=r.split.file_names[row], captions=r.image_captions(image_id))
+
+    @app.get("/api/models/{model}/gallery/{image_id}/thumbnail", tags=["gallery"], response_class=Response)
+    def thumbnail(
+        model: str,
+        r: Model,
+        image_id: int,
+        size: Annotated[int, Query(ge=THUMB_SIZES[0], le=THUMB_SIZES[1])] = 256,
+    ) -> Response:
+        """The image's central square as a JPEG, from its file in the split (else its image cache row)."""
+
+        def make() -> bytes:
+            out = io.BytesIO()
+            Image.fromarray(checked(lambda: r.picture(image_id, size))).save(out, "JPEG", quality=85)
+            return out.getvalue()
+
+        with thumbnails_lock:  # not the model's lock: searches go on while a picture is read
+            data = thumbnails.get((model, image_id, size), make)
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=3600"})
+
+    app.state.retrievers = retrievers
+    return app
+
+
+def load_retrievers(paths: list[str], split: str | None, spec: IndexSpec, device: str | None, **data: Any):
+    """One Retriever per checkpoint, by model_names, with both galleries embedded (cached on disk) and the text
+    encoder warmed up, so that the first request is as fast as the others."""
+    retrievers = {}
+    for name, path in zip(model_names(paths), paths):
+        r = Retriever(open_checkpoint(path, device, **data), split, spec)
+        t0 = time.perf_counter()
+        _ = r.images, r.captions
+        r.embed_texts(["a photo"])
+        log.info(
+            "model %s: %s, %d images and %d captions of %s ready in %.1f s",
+            name,
+            path,
+            len(r.images),
+            len(r.captions),
+            r.split.name,
+            time.perf_counter() - t0,
+        )
+        retrievers[name] = r
+    return retrievers
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = JobParser(prog="python -m clip_lab serve", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--ckpt_path",
+        "--ckpt",
+        dest="ckpt_path",
+        nargs="+",
+        action="extend",
+        required=True,
+        help="one or more checkpoints (repeat the flag or list them), e.g. results/baseline/checkpoints/best.ckpt "
+        "results/bn_head/checkpoints/best.ckpt: the page shows two side by side",
+    )
+    parser.add_argument("--split", default=None, help="gallery split (default: each checkpoint's test split)")
+    parser.add_argument("--index", choices=KINDS, default="exact", help="exact, or FAISS HNSW (approximate)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    group = parser.add_argument_group("data settings (default: those each checkpoint was trained with)")
+    for name, kind in DATA_FLAGS.items():
+        group.add_argument(f"--{name}", type=kind, default=None)
+    args = parser.parse_args(argv)
+
+    if not 0 <= args.port <= 65535:
+        raise ClipLabError(f"--port must be 0-65535, not {args.port}")
+    require_fastapi()
+    import uvicorn
+
+    spec = IndexSpec(args.index)
+    spec.check()
+    data = {n: getattr(args, n) for n in DATA_FLAGS}
+    app = build_app(load_retrievers(args.ckpt_path, args.split, spec, args.device, **data))
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s: whoever reaches this machine can use the server (no authentication)", args.host)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    url = f"http://{host}:{args.port}"
+    print(f"clip_lab serve: {url}/ (the page), {url}/docs (the API); Ctrl-C stops")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
