@@ -4,7 +4,7 @@ Galleries (each searched for its top-10 by every index, one query at a time and 
   demo t2i   the demo run's image gallery (val2014, through `infer.image_gallery`, as `search --text` reads it),
              queried by a seeded sample of the split's caption embeddings (its caption cache, built by the same
              text encoder `search` encodes a query with); real queries are new sentences, these are the split's own
-  demo i2t   the demo run's caption gallery (`search.caption_gallery`, float16, as `search --image` reads it),
+  demo i2t   the demo run's caption gallery (`infer.caption_gallery`, float16, as `search --image` reads it),
              queried by the split's image embeddings (what `search --image` computes for one of those files)
   synthetic  100,000 unit vectors of 512 dimensions from a seeded mixture of 1,000 Gaussian clusters (see
              `synthetic_gallery`), queried by 1,000 fresh draws of the same mixture (not gallery members)
@@ -85,8 +85,7 @@ def synthetic_gallery(
 
 def demo_galleries(ckpt_path: Path, device: torch.device, n_queries: int, seed: int = 0) -> list[Gallery]:
     """The demo run's image and caption galleries of its test split, read through the code `search` runs."""
-    from clip_lab.jobs.infer import DATA_FLAGS, image_gallery, load_checkpoint, open_split
-    from clip_lab.jobs.search import caption_gallery
+    from clip_lab.jobs.infer import DATA_FLAGS, caption_gallery, image_gallery, load_checkpoint, open_split
 
     args = argparse.Namespace(ckpt_path=str(ckpt_path), device=device.type, batch_size=256, **dict.fromkeys(DATA_FLAGS))
     ckpt = load_checkpoint(args)

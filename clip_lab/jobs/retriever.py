@@ -134,9 +134,19 @@ class Retriever:
     safe to call from several threads: they take turns on the model and the device (one lock).
     """
 
-    def __init__(self, ckpt: Checkpoint, split: str | CaptionedSplit | None = None, index: IndexSpec | str = "exact"):
+    def __init__(
+        self,
+        ckpt: Checkpoint,
+        split: str | CaptionedSplit | None = None,
+        index: IndexSpec | str = "exact",
+        encoder: TextEncoder | TextTower | None = None,
+    ):
+        """`split`: the gallery (default: the checkpoint's test split); `encoder`: the text encoder queries go through
+        (default: the one that built the checkpoint's training targets)."""
         self.ckpt = ckpt
         self._split = split
+        if encoder is not None:
+            self.__dict__["encoder"] = encoder  # what the cached property would have loaded
         self.spec = IndexSpec(index) if isinstance(index, str) else index
         self.spec.check()  # a bad setting, or FAISS missing for hnsw: before any gallery work
         self.lock = threading.RLock()
