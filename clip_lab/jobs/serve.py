@@ -10,7 +10,8 @@ import io  # no `from __future__ import annotations`: FastAPI reads the routes' 
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -181,12 +182,12 @@ def build_app(retrievers: dict[str, Retriever]) -> Any:
         """The request body, refused past MAX_UPLOAD_BYTES while it streams in (never held whole, never on disk)."""
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES:
-            raise HTTPException(413, f"the upload is {int(declared)} bytes, more than {MAX_UPLOAD_BYTES} allowed")
+            raise HTTPException(413, f"the upload is {declared} bytes, more than the {MAX_UPLOAD_BYTES} bytes allowed")
         data = bytearray()
         async for chunk in request.stream():
             data += chunk
             if len(data) > MAX_UPLOAD_BYTES:
-                raise HTTPException(413, f"the upload is more than {MAX_UPLOAD_BYTES} bytes")
+                raise HTTPException(413, f"the upload is more than the {MAX_UPLOAD_BYTES} bytes allowed")
         kind = request.headers.get("content-type", "")
         if data and kind and not kind.startswith(("image/", "application/octet-stream")):
             raise HTTPException(415, f"send the image's bytes with Content-Type image/*, not {kind}")
@@ -410,6 +411,27 @@ def load_retrievers(paths: list[str], split: str | None, spec: IndexSpec, device
         )
         retrievers[name] = r
     return retrievers
+
+
+@contextmanager
+def running(app: Any, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """The app served by uvicorn in a background thread while the block runs (port 0: a free one); yields its URL.
+    For the benchmark, the tests and notebooks: `serve` itself runs uvicorn in the foreground."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="clip_lab serve", daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            if not thread.is_alive():
+                raise ClipLabError(f"the server did not start on {host}:{port} (is the port taken?)")
+            time.sleep(0.01)
+        bound = server.servers[0].sockets[0].getsockname()
+        yield f"http://{host}:{bound[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def main(argv: list[str] | None = None) -> None:
