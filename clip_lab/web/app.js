@@ -103,7 +103,7 @@ function showCaptions(list, result, ownId) {
   list.hidden = false;
   list.replaceChildren(...result.results.map((c) =>
     el("li", { class: c.image_id === ownId ? "own" : "" },
-      el("span", { class: "score" }, c.score.toFixed(3)), c.caption)));
+      el("span", { class: "score" }, c.score.toFixed(3)), el("span", { class: "text" }, c.caption))));
 }
 
 function showClasses(box, result) {
@@ -247,20 +247,27 @@ async function start() {
   const names = state.models.map((m) => m.name);
   $("left").replaceChildren(...names.map((n) => el("option", { value: n }, n)));
   $("right").replaceChildren(el("option", { value: "" }, "(none)"), ...names.map((n) => el("option", { value: n }, n)));
+  $("about").textContent = `${names.length} model${names.length > 1 ? "s" : ""}: ${names.join(", ")}`;
+  fromLink();
+  examples();
+}
+
+// a link's #text=...&k=...&left=...&right=... (what the page writes after each text query) runs that query
+function fromLink() {
+  const names = state.models.map((m) => m.name);
   const hash = new URLSearchParams(location.hash.slice(1));
   $("left").value = names.includes(hash.get("left")) ? hash.get("left") : names[0];
   $("right").value = hash.has("right") && (hash.get("right") === "" || names.includes(hash.get("right")))
     ? hash.get("right") : (names[1] || "");
   if (hash.get("k")) $("k").value = hash.get("k");
-  $("about").textContent = `${names.length} model${names.length > 1 ? "s" : ""}: ${names.join(", ")}`;
   buildPanes();
-  examples();
   if (hash.get("text")) {
     $("text").value = hash.get("text");
     search();
   }
 }
 
+window.addEventListener("hashchange", fromLink);
 $("query").addEventListener("submit", (e) => { e.preventDefault(); search(); });
 for (const id of ["left", "right"]) {
   $(id).addEventListener("change", () => {
