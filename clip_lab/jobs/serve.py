@@ -179,7 +179,10 @@ def build_app(retrievers: dict[str, Retriever]) -> Any:
     K = Annotated[int, Query(ge=1, le=MAX_K, description="results to return")]
 
     async def body(request: Request) -> bytes:
-        """The request body, refused past MAX_UPLOAD_BYTES while it streams in (never held whole, never on disk)."""
+        """The request body, in memory only, refused past MAX_UPLOAD_BYTES (declared, or as it streams in)."""
+        kind = request.headers.get("content-type", "")
+        if kind and not kind.startswith(("image/", "application/octet-stream")):
+            raise HTTPException(415, f"send the image's bytes with Content-Type image/*, not {kind}")
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES:
             raise HTTPException(413, f"the upload is {declared} bytes, more than the {MAX_UPLOAD_BYTES} bytes allowed")
@@ -188,9 +191,6 @@ def build_app(retrievers: dict[str, Retriever]) -> Any:
             data += chunk
             if len(data) > MAX_UPLOAD_BYTES:
                 raise HTTPException(413, f"the upload is more than the {MAX_UPLOAD_BYTES} bytes allowed")
-        kind = request.headers.get("content-type", "")
-        if data and kind and not kind.startswith(("image/", "application/octet-stream")):
-            raise HTTPException(415, f"send the image's bytes with Content-Type image/*, not {kind}")
         return bytes(data)
 
     Upload = Annotated[bytes, Depends(body)]
