@@ -32,6 +32,6 @@ def test_fit_help_is_still_lightnings(capsys):
 
 
 def test_an_unknown_job_is_one_line(capsys):
-    assert main(["serve"]) == 2
+    assert main(["train"]) == 2
     (err,) = capsys.readouterr().err.strip().splitlines()
-    assert err == f"error: unknown job 'serve': use one of {', '.join((*LIGHTNING_JOBS, *JOBS))}"
+    assert err == f"error: unknown job 'train': use one of {', '.join((*LIGHTNING_JOBS, *JOBS))}"
