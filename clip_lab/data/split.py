@@ -38,11 +38,14 @@ class CaptionedSplit:
     description: str = ""  # what the annotation file says it is (COCO's info.description), when it says
     origin: str = ""  # how the split's images were chosen, when the files name no split (a seeded split)
 
-    @property
+    @cached_property
     def caption_start(self) -> np.ndarray:
-        """CSR offsets `[n_images + 1]`: the captions of image i are `start[i]:start[i + 1]`."""
+        """CSR offsets `[n_images + 1]`: the captions of image i are `start[i]:start[i + 1]`. Computed once: a
+        search reads it for each result it returns (0.4 ms a time over val2014's 202,654 captions)."""
         counts = np.bincount(self.caption_image, minlength=len(self.image_ids))
-        return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        start.setflags(write=False)  # shared by every reader of the split: none may change it
+        return start
 
     def image_path(self, i: int) -> Path:
         return self.image_dir / self.file_names[i]

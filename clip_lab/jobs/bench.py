@@ -11,7 +11,10 @@ Everything runs on generated data in one process, so one command on one machine 
   text      (only with `--only text`) the training step with a trained text encoder (LSTM, DistilBERT shape)
             against the cached default;
   index     (only with `--only index`: it needs faiss) the search index: HNSW recall against exact search, latency
-            and throughput on the demo run's galleries and on 100,000 synthetic 512-d vectors (index_bench.py).
+            and throughput on the demo run's galleries and on 100,000 synthetic 512-d vectors (index_bench.py);
+  serve     (only with `--only serve`) the search server over HTTP on loopback: per-request latency with its
+            Server-Timing stages and throughput of 16 clients, on the demo run's gallery and on 40,504 synthetic
+            images (serve_bench.py).
 `--small` shrinks every size so the CPU tests can run it. Data is generated only for the parts that read it.
 """
 
@@ -57,6 +60,13 @@ def _free(device: torch.device) -> None:
 
 
 # -- caption cache ------------------------------------------------------------------------------------------------
+def clip_text_b32(root: Path, captions: list[str], small: bool) -> Path:
+    """The folder of a CLIP text tower of ViT-B/32's shape (`--small`: a tiny one) under `root`, written once with
+    a tokenizer trained on `captions` (make_clip_text_model reads the first 20,000)."""
+    model_dir = root / ("clip_text_b32_small" if small else "clip_text_b32")
+    if not (model_dir / "config.json").is_file():
+        make_clip_text_model(model_dir, captions, small)
+    return model_dir
 
 
 def bench_caption_cache(root: Path, n: int, device: torch.device, small: bool) -> dict[str, Any]:
@@ -65,9 +75,7 @@ def bench_caption_cache(root: Path, n: int, device: torch.device, small: bool) -
     from clip_lab.models.text import TextEncoder
 
     captions = coco_like_captions(n)
-    model_dir = root / ("clip_text_b32_small" if small else "clip_text_b32")
-    if not (model_dir / "config.json").is_file():
-        make_clip_text_model(model_dir, captions, small)
+    model_dir = clip_text_b32(root, captions, small)
     t0 = time.perf_counter()
     encoder = TextEncoder(str(model_dir), 77).to(device)
     load_s = time.perf_counter() - t0
@@ -486,7 +494,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         nargs="*",
         default=None,
         help="run only these parts: caption_cache image_cache ceiling loader fit naive retrieval features "
-        "heads index text (index and text run only when named)",
+        "heads index serve text (index, serve and text run only when named)",
     )
     for name in (
         "n_train",
@@ -499,9 +507,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "head_epochs",
         "index_n",
         "index_queries",
+        "serve_images",
+        "serve_requests",
+        "serve_load_requests",
     ):
         p.add_argument(f"--{name}", type=int, default=None, help="override the preset")
-    index = p.add_argument_group("index part")
+    index = p.add_argument_group("index and serve parts")
     index.add_argument(
         "--ckpt_path",
         default="results/demo/checkpoints/best.ckpt",
@@ -532,6 +543,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         index_n=100000,
         index_dim=512,
         index_queries=1000,
+        serve_images=40504,  # val2014's size
+        serve_requests=200,  # timed sequential requests per gallery
+        serve_load_requests=800,  # requests per gallery under load, shared by 16 clients
     )
     if args.small:
         sizes.update(
@@ -554,6 +568,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
             index_n=3000,
             index_dim=64,
             index_queries=100,
+            serve_images=2000,
+            serve_requests=40,
+            serve_load_requests=160,
         )
         args.compile = False
         args.workers = min(args.workers, 2)
@@ -681,6 +698,10 @@ def markdown(results: dict[str, Any]) -> str:
         from clip_lab.jobs import index_bench
 
         lines += ["", index_bench.markdown(results["index"]).rstrip("\n")]
+    if "serve" in results:
+        from clip_lab.jobs import serve_bench
+
+        lines += ["", serve_bench.markdown(results["serve"]).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
@@ -709,6 +730,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "features",
         "heads",
         "index",
+        "serve",
         "text",
     }:
         raise ClipLabError(f"--only: unknown part(s) {', '.join(sorted(unknown))}; see --help for the list")
@@ -779,6 +801,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         index_bench.require_faiss()  # before any other part spends its time
         steps.append(("index", lambda: index_bench.run(args, device)))
+    if "serve" in parts:
+        from clip_lab.jobs import serve, serve_bench
+
+        serve.require_fastapi()  # before any other part spends its time
+        steps.append(("serve", lambda: serve_bench.run(args, device)))
     for name, run in steps:
         log.info("bench: %s ...", name)
         results[name] = run()
@@ -798,4 +825,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         from clip_lab.jobs import index_bench
 
         index_bench.print_table(results["index"])
+    if "serve" in results:
+        from clip_lab.jobs import serve_bench
+
+        serve_bench.print_table(results["serve"])
     return results

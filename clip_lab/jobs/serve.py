@@ -6,15 +6,18 @@ client sends is written to disk (multipart uploads spool large files to a tempor
 pictures are found by image id through the split's own records. Errors are `{"error": "one line"}` with a 4xx status.
 """
 
+import asyncio
 import io  # no `from __future__ import annotations`: FastAPI reads the routes' annotations, local names included
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
+import torch
 from PIL import Image
 
 from clip_lab.errors import ClipLabError
@@ -148,6 +151,11 @@ def build_app(retrievers: dict[str, Retriever]) -> Any:
         file_name: str
         captions: list[str]
 
+    if any(r.ckpt.device.type == "cuda" for r in retrievers.values()):
+        # cuDNN's attention builds a plan for every new query length (~4 ms a layer, 50-100 ms a query until each
+        # length was seen): a server sees a new length in most requests. PyTorch's flash / memory-efficient kernels
+        # need no plan. The switch is process-wide, and this process serves.
+        torch.backends.cuda.enable_cudnn_sdp(False)
     app = FastAPI(
         title="clip_lab search",
         version=__import__("clip_lab").__version__,
@@ -194,6 +202,19 @@ def build_app(retrievers: dict[str, Retriever]) -> Any:
         return bytes(data)
 
     Upload = Annotated[bytes, Depends(body)]
+
+    async def decoded(data: bytes) -> Image.Image:
+        """The upload decoded on a worker thread (a large photo takes a while: never on the event loop)."""
+        return await run_in_threadpool(checked, lambda: open_upload(data))
+
+    # Every model call runs on this one thread: requests take the device in the order they came (a lock wakes
+    # waiters in no order), and what CUDA keeps per thread (cuDNN plans, the current stream) is built once, not in
+    # each of the server's short-lived worker threads.
+    model_thread = ThreadPoolExecutor(1, thread_name_prefix="clip_lab-model")
+
+    async def on_model(fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(model_thread, fn, *args)
+
     upload_doc = {"requestBody": {"content": {"image/*": {"schema": {"type": "string", "format": "binary"}}}}}
 
     def timed(stages: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:
@@ -285,7 +306,7 @@ def build_app(retrievers: dict[str, Retriever]) -> Any:
         return out
 
     @app.get("/api/models/{model}/images", response_model=ImagesResult, tags=["search"])
-    def images(
+    async def images(
         model: str,
         r: Model,
         k: K = 10,
@@ -298,29 +319,29 @@ def build_app(retrievers: dict[str, Retriever]) -> Any:
         if text is not None:
             if not text.strip():
                 raise HTTPException(422, "text: the query is empty; give some words, e.g. 'a red circle'")
-            return search_images(model, r, QueryInfo(text=text.strip()), lambda: r.embed_text(text), k)
-        return search_images(model, r, QueryInfo(image_id=image_id), lambda: r.embed_image(image_id), k)
+            return await on_model(search_images, model, r, QueryInfo(text=text.strip()), lambda: r.embed_text(text), k)
+        return await on_model(search_images, model, r, QueryInfo(image_id=image_id), lambda: r.embed_image(image_id), k)
 
     @app.post("/api/models/{model}/images", response_model=ImagesResult, tags=["search"], openapi_extra=upload_doc)
     async def images_of_upload(model: str, r: Model, data: Upload, k: K = 10) -> Response:
         """The top-k gallery images for an uploaded image (the request body)."""
-        img = checked(lambda: open_upload(data))
-        return await run_in_threadpool(
-            search_images, model, r, upload_query(img, data), lambda: r.embed_images([img])[0], k
-        )
+        img = await decoded(data)
+        return await on_model(search_images, model, r, upload_query(img, data), lambda: r.embed_images([img])[0], k)
 
     @app.get("/api/models/{model}/captions", response_model=CaptionsResult, tags=["search"])
-    def captions(model: str, r: Model, image_id: Annotated[int, Query(description="a gallery image")], k: K = 10):
+    async def captions(
+        model: str, r: Model, image_id: Annotated[int, Query(description="a gallery image")], k: K = 10
+    ) -> Response:
         """The top-k gallery captions for a gallery image."""
-        return search_captions(model, r, QueryInfo(image_id=image_id), lambda: r.embed_image(image_id), k)
+        return await on_model(
+            search_captions, model, r, QueryInfo(image_id=image_id), lambda: r.embed_image(image_id), k
+        )
 
     @app.post("/api/models/{model}/captions", response_model=CaptionsResult, tags=["search"], openapi_extra=upload_doc)
     async def captions_of_upload(model: str, r: Model, data: Upload, k: K = 10) -> Response:
         """The top-k gallery captions for an uploaded image (the request body)."""
-        img = checked(lambda: open_upload(data))
-        return await run_in_threadpool(
-            search_captions, model, r, upload_query(img, data), lambda: r.embed_images([img])[0], k
-        )
+        img = await decoded(data)
+        return await on_model(search_captions, model, r, upload_query(img, data), lambda: r.embed_images([img])[0], k)
 
     @app.post(
         "/api/models/{model}/classify", response_model=ClassifyResult, tags=["zero-shot"], openapi_extra=upload_doc
@@ -335,9 +356,9 @@ def build_app(retrievers: dict[str, Retriever]) -> Any:
         ] = None,
     ) -> ClassifyResult:
         """Zero-shot classes of an uploaded image among `classes` (default templates: configs/prompts.yaml)."""
-        img = checked(lambda: open_upload(data))
         if any(len(c) > MAX_QUERY_CHARS for c in [*classes, *(templates or [])]):
             raise HTTPException(422, f"classes and templates are at most {MAX_QUERY_CHARS} characters each")
+        img = await decoded(data)
 
         def run() -> ClassifyResult:
             result = checked(lambda: r.classify(img, classes, templates))
@@ -353,7 +374,7 @@ def build_app(retrievers: dict[str, Retriever]) -> Any:
                 result=result,
             )
 
-        return await run_in_threadpool(run)
+        return await on_model(run)
 
     @app.get("/api/models/{model}/examples", response_model=Examples, tags=["gallery"])
     def examples(model: str, r: Model, n: Annotated[int, Query(ge=1, le=MAX_K)] = 4) -> Examples:

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from cli_args import ckpt_of
 
 from clip_lab.__main__ import main
 from clip_lab.jobs import bench
@@ -39,3 +40,25 @@ def test_text_part_times_the_step_with_each_text_side(tmp_path):
     assert all(r["images_per_s"] > 0 and r["steps"] == 3 for r in results["text"].values())
     rows = [a for a, _, _ in bench.table(results)]
     assert [r for r in rows if r.startswith("training step, text side")] == rows and len(rows) == 3
+
+
+def test_serve_part_times_real_requests_to_both_galleries(trained_run, tmp_path):
+    out = tmp_path / "serve.json"
+    sizes = ["--serve_requests", "12", "--serve_load_requests", "40"]
+    argv = ["--small", "--only", "serve", "--ckpt_path", ckpt_of(trained_run), *sizes]
+    results = bench.main([*argv, "--root", str(tmp_path / "data"), "--out", str(out)])
+    serve = results["serve"]
+    assert [g["name"] for g in serve["galleries"]] == ["demo", "synthetic"] and serve["skipped"] == []
+    assert [g["images"] for g in serve["galleries"]] == [96, 2000]  # the run's val2014; --small's synthetic size
+    for g in serve["galleries"]:
+        lat, load = g["latency"], g["load"]
+        assert lat["requests"] == 12 and g["cached_query"]["requests"] == 10
+        assert set(lat["stages_ms"]) == {"encode", "search", "serialize"}
+        assert 0 < lat["ms"]["p50"] <= lat["ms"]["p99"] and lat["stages_ms"]["encode"]["p50"] > 0
+        assert g["cached_query"]["stages_ms"]["encode"]["p50"] < lat["stages_ms"]["encode"]["p50"]  # a cache hit
+        assert load["requests"] == load["completed"] == 40 and load["errors"] == 0 and load["concurrency"] == 16
+        assert load["requests_per_s"] > 0 and load["ms"]["p50"] <= load["ms"]["p99"]
+        assert g["text_tower"].startswith("TextEncoder") and g["goal_ms"] is None  # no goal at --small sizes
+    assert json.loads(out.read_text())["serve"]["galleries"][1]["load"]["completed"] == 40
+    md = out.with_suffix(".md").read_text()
+    assert "## Search server" in md and md.count("\n| ") == 4  # header, rule, one row per gallery
