@@ -299,21 +299,40 @@ class Retriever:
         """The top-k images of the gallery for a text, best first (fewer when the gallery holds fewer)."""
         return self.search_embedding(self.embed_text(text), k, "images")
 
-    def search_image(self, image: ImageInput | int, k: int = 10, target: Target = "captions") -> list[Any]:
+    def search_image(
+        self, image: ImageInput | int, k: int = 10, target: Target = "captions", distinct: bool = False
+    ) -> list[Any]:
         """The top-k captions (`target="captions"`: CaptionMatch) or images (ImageMatch) of the gallery for an image:
-        an image input, or the id of a gallery image."""
+        an image input, or the id of a gallery image. `distinct`: see `search_embedding`."""
         check_target(target)
-        return self.search_embedding(self.embed_image(image), k, target)
+        return self.search_embedding(self.embed_image(image), k, target, distinct)
 
-    def search_embedding(self, query: Tensor, k: int, target: Target) -> list[Any]:
-        """The top-k matches in the `target` gallery of a `[dim]` query embedding."""
+    def search_embedding(self, query: Tensor, k: int, target: Target, distinct: bool = False) -> list[Any]:
+        """The top-k matches in the `target` gallery of a `[dim]` query embedding. `distinct` (captions): a caption
+        whose text (case, spacing, final full stop aside) repeats a better-ranked one is left out, and the next
+        distinct one takes its rank (clip-retrieval's de-duplication; many images share a caption in the demo)."""
         check_target(target)
         if k < 1:
             raise ClipLabError(f"k must be at least 1, not {k}")
         gallery = self.images if target == "images" else self.captions
-        with self.lock:
-            scores, positions = gallery.index.top_k(query, min(k, len(gallery)))
-        rows = gallery.rows[positions].tolist()
+        distinct = distinct and target == "captions"  # an image is in its gallery once
+        want = min(k, len(gallery))
+        while True:
+            with self.lock:
+                scores, positions = gallery.index.top_k(query, want)
+            rows = gallery.rows[positions].tolist()
+            if not distinct:
+                break
+            kept, seen = [], set()
+            for score, j in zip(scores, rows):
+                text = normalized(self.split.captions[j])
+                if text not in seen:
+                    seen.add(text)
+                    kept.append((score, j))
+            if len(kept) >= k or want == len(gallery):
+                scores, rows = [s for s, _ in kept[:k]], [j for _, j in kept[:k]]
+                break
+            want = min(len(gallery), want * 4)  # repeats filled the window: look further down the ranking
         make = self._image_match if target == "images" else self._caption_match
         return [make(rank, score, row) for rank, (score, row) in enumerate(zip(scores, rows), 1)]
 

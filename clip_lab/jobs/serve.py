@@ -185,6 +185,7 @@ def build_app(retrievers: dict[str, Retriever]) -> Any:
 
     Model = Annotated[Retriever, Depends(retriever)]
     K = Annotated[int, Query(ge=1, le=MAX_K, description="results to return")]
+    Distinct = Annotated[bool, Query(description="leave out captions whose text repeats a better-ranked one")]
 
     async def body(request: Request) -> bytes:
         """The request body, in memory only, refused past MAX_UPLOAD_BYTES (declared, or as it streams in)."""
@@ -258,10 +259,12 @@ def build_app(retrievers: dict[str, Retriever]) -> Any:
         )
         return respond(result, stages)
 
-    def search_captions(name: str, r: Retriever, query: QueryInfo, embed: Callable[[], Any], k: int) -> Response:
+    def search_captions(
+        name: str, r: Retriever, query: QueryInfo, embed: Callable[[], Any], k: int, distinct: bool
+    ) -> Response:
         stages: dict[str, float] = {}
         emb = timed(stages, "encode", lambda: checked(embed))
-        matches = timed(stages, "search", lambda: r.search_embedding(emb, k, "captions"))
+        matches = timed(stages, "search", lambda: r.search_embedding(emb, k, "captions", distinct))
         result = CaptionsResult(model=name, query=query, k=len(matches), gallery_size=len(r.captions), results=matches)
         return respond(result, stages)
 
@@ -330,18 +333,22 @@ def build_app(retrievers: dict[str, Retriever]) -> Any:
 
     @app.get("/api/models/{model}/captions", response_model=CaptionsResult, tags=["search"])
     async def captions(
-        model: str, r: Model, image_id: Annotated[int, Query(description="a gallery image")], k: K = 10
+        model: str,
+        r: Model,
+        image_id: Annotated[int, Query(description="a gallery image")],
+        k: K = 10,
+        distinct: Distinct = False,
     ) -> Response:
         """The top-k gallery captions for a gallery image."""
-        return await on_model(
-            search_captions, model, r, QueryInfo(image_id=image_id), lambda: r.embed_image(image_id), k
-        )
+        embed = lambda: r.embed_image(image_id)
+        return await on_model(search_captions, model, r, QueryInfo(image_id=image_id), embed, k, distinct)
 
     @app.post("/api/models/{model}/captions", response_model=CaptionsResult, tags=["search"], openapi_extra=upload_doc)
-    async def captions_of_upload(model: str, r: Model, data: Upload, k: K = 10) -> Response:
+    async def captions_of_upload(model: str, r: Model, data: Upload, k: K = 10, distinct: Distinct = False) -> Response:
         """The top-k gallery captions for an uploaded image (the request body)."""
         img = await decoded(data)
-        return await on_model(search_captions, model, r, upload_query(img, data), lambda: r.embed_images([img])[0], k)
+        embed = lambda: r.embed_images([img])[0]
+        return await on_model(search_captions, model, r, upload_query(img, data), embed, k, distinct)
 
     @app.post(
         "/api/models/{model}/classify", response_model=ClassifyResult, tags=["zero-shot"], openapi_extra=upload_doc

@@ -153,7 +153,7 @@ async function runPane(pane, query) {
     } else if (query.kind === "image") {
       const [images, captions] = await Promise.all([
         api(`${base}/images?image_id=${query.imageId}&k=${k()}`),
-        api(`${base}/captions?image_id=${query.imageId}&k=5`),
+        api(`${base}/captions?image_id=${query.imageId}&k=5&distinct=true`),
       ]);
       const box = pane.querySelector(".upload");
       box.hidden = false;
@@ -165,7 +165,7 @@ async function runPane(pane, query) {
       const classes = query.classes.map((c) => `classes=${enc(c)}`).join("&");
       const [images, captions, classified] = await Promise.all([
         api(`${base}/images?k=${k()}`, send),
-        api(`${base}/captions?k=5`, send),
+        api(`${base}/captions?k=5&distinct=true`, send),
         classes ? api(`${base}/classify?${classes}`, send) : null,
       ]);
       const box = pane.querySelector(".upload");
@@ -210,7 +210,7 @@ async function showDetail(model, match) {
   );
   $("detail").showModal();
   try {
-    const result = await api(`/api/models/${enc(model)}/captions?image_id=${match.image_id}&k=5`);
+    const result = await api(`/api/models/${enc(model)}/captions?image_id=${match.image_id}&k=5&distinct=true`);
     showCaptions(top, result, match.image_id);
   } catch (error) {
     top.replaceChildren(el("li", {}, error.message));

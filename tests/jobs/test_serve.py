@@ -18,7 +18,7 @@ from clip_lab.__main__ import main
 from clip_lab.errors import ClipLabError
 from clip_lab.eval.index import IndexSpec
 from clip_lab.jobs import search, serve
-from clip_lab.jobs.retriever import Retriever
+from clip_lab.jobs.retriever import Retriever, normalized
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -156,6 +156,26 @@ def test_uploads_give_what_the_python_api_gives_for_the_file(served, photo, demo
     assert own["templates"] == ["a drawing of a {}"] and own["result"] == asdict(
         r.classify(path, classes, ["a drawing of a {}"])
     )
+
+
+def test_distinct_captions_skip_repeated_texts_and_keep_the_ranking(served, photo):
+    client, retrievers = served
+    _, image_id = photo
+    r = retrievers["t"]
+    everything = r.search_image(image_id, len(r.split.captions), "captions")
+    seen, expected = set(), []
+    for m in everything:  # the full ranking, each text at its best rank only
+        if normalized(m.caption) not in seen:
+            seen.add(normalized(m.caption))
+            expected.append((m.caption_id, m.score))
+    assert len(expected) < len(everything)  # the demo's captions repeat: the test means something
+    distinct = r.search_image(image_id, 8, "captions", distinct=True)
+    assert [(m.caption_id, m.score) for m in distinct] == expected[:8]
+    assert [m.rank for m in distinct] == list(range(1, 9))
+    body = client.get("/api/models/t/captions", params={"image_id": image_id, "k": 8, "distinct": "true"}).json()
+    assert body["results"] == [asdict(m) for m in distinct]
+    # more distinct texts asked for than there are: every one of them, once
+    assert len(r.search_image(image_id, 100, "captions", distinct=True)) == min(100, len(expected))
 
 
 def test_thumbnails_come_by_id_from_the_split(served, photo, demo_root):

@@ -131,7 +131,7 @@ def test_an_uploaded_image_shows_its_captions_similar_images_and_zero_shot_class
     r = retrievers["t"]
     pane = panes(browser)[0]
     captions = [li.text for li in pane.find_elements(By.CSS_SELECTOR, ".captions li .text")]
-    assert captions == [m.caption for m in r.search_image(photo, 5, "captions")]
+    assert captions == [m.caption for m in r.search_image(photo, 5, "captions", distinct=True)]
     assert int(cards(pane)[0].get_attribute("data-image-id")) == 1000003  # the image itself, found first
     bars = pane.find_elements(By.CSS_SELECTOR, ".bar")
     assert len(bars) == 3
@@ -171,7 +171,7 @@ def test_clicking_a_result_shows_its_captions_and_the_models_top_captions(site, 
     own = [li.text for li in dialog.find_elements(By.CSS_SELECTOR, "ul li")]
     assert own == r.image_captions(image_id)
     top = [li.text for li in dialog.find_elements(By.CSS_SELECTOR, ".detail-captions li .text")]
-    assert top == [m.caption for m in r.search_image(image_id, 5, "captions")]
+    assert top == [m.caption for m in r.search_image(image_id, 5, "captions", distinct=True)]
     dialog.find_element(By.CSS_SELECTOR, ".similar").click()  # images like this one: a gallery-image query
     wait(browser, lambda d: not dialog.is_displayed())
     wait(browser, lambda d: all(len(cards(p)) == 4 for p in panes(d)))
