@@ -355,3 +355,17 @@ def test_the_retriever_refuses_what_it_cannot_answer(served):
     with pytest.raises(ClipLabError, match="a PIL image, a file path or the file's bytes"):
         r.embed_images([3.5])
     assert len(r.search_text("a red circle", 1000)) == 96  # k beyond the gallery: the whole gallery
+
+
+def test_an_hnsw_server_answers_as_the_exact_one_on_a_small_gallery(trained_run, tmp_path):
+    pytest.importorskip("faiss")
+    path = ckpt_of(trained_run)
+    retrievers = serve.load_retrievers([path], None, IndexSpec("hnsw"), "cpu", cache_dir=str(tmp_path / "cache"))
+    client = TestClient(serve.build_app(retrievers))
+    (info,) = client.get("/api/models").json()
+    assert info["index"]["kind"] == "hnsw" and info["index"]["ef_search"] == 128
+    exact = Retriever.load(path, cache_dir=str(tmp_path / "cache")).search_text("a red circle", 10)
+    # 96 images and efSearch 128: the graph walk sees every image, so it finds the exact top 10
+    body = client.get("/api/models/t/images", params={"text": "a red circle", "k": 10}).json()
+    assert [m["image_id"] for m in body["results"]] == [m.image_id for m in exact]
+    assert [m["score"] for m in body["results"]] == pytest.approx([m.score for m in exact], abs=1e-5)
