@@ -279,14 +279,23 @@ class Retriever:
         size, step = self.ckpt.data["cache_image_size"], self.ckpt.batch_size
         chunks = [torch.empty(0, self.ckpt.model.hparams.embed_dim)]
         for s in range(0, len(images), step):
-            squares = np.stack([to_square(image, size) for image in images[s : s + step]])
-            with self.lock:
-                chunks.append(embed_images(self.ckpt, squares))
+            chunks.append(self.embed_squares(np.stack([to_square(image, size) for image in images[s : s + step]])))
         return torch.cat(chunks)
+
+    def embed_squares(self, squares: np.ndarray) -> Tensor:
+        """float32 `[n, dim]` unit rows of uint8 `[n, S, S, 3]` squares as the image cache holds them (`to_square`)."""
+        with self.lock:
+            return embed_images(self.ckpt, squares)
+
+    def warm(self) -> None:
+        """Build now what the first queries would otherwise build: both galleries, the caption lookups, the text
+        tower (loaded and run once)."""
+        _ = self.images, self.captions, self._rows_by_id, self._image_positions, self._captions_by_text
+        self.embed_texts(["a photo"])
 
     def embed_image(self, image: ImageInput | int) -> Tensor:
         """One image's `[dim]` embedding: an image input, or the id of a gallery image (its gallery row)."""
-        if isinstance(image, int | np.integer):
+        if isinstance(image, int | np.integer) and not isinstance(image, bool):
             self.row(image)  # not in the split at all: say so
             position = self._image_positions.get(int(image))
             if position is None:

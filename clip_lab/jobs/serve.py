@@ -7,8 +7,9 @@ pictures are found by image id through the split's own records. Errors are `{"er
 """
 
 import asyncio
-import io  # no `from __future__ import annotations`: FastAPI reads the routes' annotations, local names included
+import io
 import logging
+import socket  # no `from __future__ import annotations`: FastAPI reads the routes' annotations, local names included
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,9 +18,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import torch
 from PIL import Image
 
+from clip_lab.data import image_cache
 from clip_lab.errors import ClipLabError
 from clip_lab.eval.index import KINDS, IndexSpec
 from clip_lab.jobs.infer import DATA_FLAGS, open_checkpoint
@@ -35,6 +38,9 @@ UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # decoders an up
 MAX_K = 100  # results per query
 MAX_QUERY_CHARS = 500  # a caption is ~60; CLIP's text tower reads 77 tokens at most
 MAX_CLASSES, MAX_TEMPLATES = 64, 32
+MAX_PROMPTS = 512  # classes x templates one request may have embedded (the ViT-B/32 tower: ~1 s of a CPU)
+DECODES = 2  # uploads decoded at once
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 THUMB_SIZES = (64, 512)  # thumbnail sizes a client may ask for, inclusive
 CACHED_THUMBNAILS = 2048  # encoded JPEGs kept (~15 KB each at 256 px)
 
@@ -73,7 +79,9 @@ def open_upload(data: bytes) -> Image.Image:
         raise ClipLabError("the request has no body: send the image file's bytes as the body (Content-Type image/*)")
     try:
         img = Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS)  # reads the header only
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:  # Pillow's own guard, at twice its MAX_IMAGE_PIXELS
+        raise ClipLabError(f"the image is more than {MAX_PIXELS / 1e6:.0f} megapixels: send a smaller one") from e
+    except (OSError, ValueError) as e:
         raise ClipLabError(f"the upload is not an image this server reads ({', '.join(UPLOAD_FORMATS)})") from e
     if img.width * img.height > MAX_PIXELS:
         raise ClipLabError(
@@ -87,8 +95,10 @@ def open_upload(data: bytes) -> Image.Image:
     return img
 
 
-def build_app(retrievers: dict[str, Retriever]) -> Any:
-    """The FastAPI app: the page at `/`, the API under `/api` (OpenAPI docs at `/docs`), over named retrievers."""
+def build_app(retrievers: dict[str, Retriever], hosts: list[str] | None = None) -> Any:
+    """The FastAPI app: the page at `/`, the API under `/api` (OpenAPI docs at `/docs`), over named retrievers.
+    `hosts`: the Host headers answered (None: any), so that a web page elsewhere cannot reach a server on this
+    machine through a DNS name of its own that points here (DNS rebinding)."""
     require_fastapi()
     from fastapi import Depends, FastAPI, HTTPException, Query, Request
     from fastapi import Path as PathParam
@@ -156,7 +166,12 @@ def build_app(retrievers: dict[str, Retriever]) -> Any:
         # length was seen): a server sees a new length in most requests. PyTorch's flash / memory-efficient kernels
         # need no plan. The switch is process-wide, and this process serves.
         torch.backends.cuda.enable_cudnn_sdp(False)
+
+    class Error(BaseModel):
+        error: str  # one line: what is wrong and what to change
+
     app = FastAPI(
+        responses={code: {"model": Error} for code in (400, 404, 413, 415, 422)},
         title="clip_lab search",
         version=__import__("clip_lab").__version__,
         description="Text and image search over the galleries of trained clip_lab checkpoints, and zero-shot "
@@ -171,6 +186,11 @@ def build_app(retrievers: dict[str, Retriever]) -> Any:
     @app.exception_handler(StarletteHTTPException)  # FastAPI's, and Starlette's own (unknown routes)
     async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
         return error(e.status_code, str(e.detail))
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, e: Exception) -> JSONResponse:
+        log.exception("%s %s failed", request.method, request.url.path)
+        return error(500, f"the server failed on this request ({type(e).__name__}); its log says more")
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, e: RequestValidationError) -> JSONResponse:
@@ -189,9 +209,11 @@ def build_app(retrievers: dict[str, Retriever]) -> Any:
 
     async def body(request: Request) -> bytes:
         """The request body, in memory only, refused past MAX_UPLOAD_BYTES (declared, or as it streams in)."""
-        kind = request.headers.get("content-type", "")
-        if kind and not kind.startswith(("image/", "application/octet-stream")):
-            raise HTTPException(415, f"send the image's bytes with Content-Type image/*, not {kind}")
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        # required: a page on another site can send a cross-origin POST without asking this server first only as
+        # text/plain or a form (CORS's "simple" types), never as image/*
+        if not kind.startswith(("image/", "application/octet-stream")):
+            raise HTTPException(415, f"send the image's bytes with Content-Type image/*, not {kind or 'none'}")
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES:
             raise HTTPException(413, f"the upload is {declared} bytes, more than the {MAX_UPLOAD_BYTES} bytes allowed")
@@ -204,9 +226,20 @@ def build_app(retrievers: dict[str, Retriever]) -> Any:
 
     Upload = Annotated[bytes, Depends(body)]
 
-    async def decoded(data: bytes) -> Image.Image:
-        """The upload decoded on a worker thread (a large photo takes a while: never on the event loop)."""
-        return await run_in_threadpool(checked, lambda: open_upload(data))
+    decoding = asyncio.Semaphore(DECODES)
+
+    async def decoded(r: Retriever, data: bytes) -> tuple[Image.Image, np.ndarray]:
+        """(the upload's image, its square as the gallery's images were made), on a worker thread: a large photo
+        takes a while, and neither the event loop nor the model thread waits for it. At most DECODES at once: a
+        48-megapixel photo is ~150 MB decoded."""
+        size = r.ckpt.data["cache_image_size"]
+
+        def decode() -> tuple[Image.Image, np.ndarray]:
+            img = open_upload(data)
+            return img, image_cache.square_pil(img, size)
+
+        async with decoding:
+            return await run_in_threadpool(checked, decode)
 
     # Every model call runs on this one thread: requests take the device in the order they came (a lock wakes
     # waiters in no order), and what CUDA keeps per thread (cuDNN plans, the current stream) is built once, not in
@@ -328,8 +361,9 @@ def build_app(retrievers: dict[str, Retriever]) -> Any:
     @app.post("/api/models/{model}/images", response_model=ImagesResult, tags=["search"], openapi_extra=upload_doc)
     async def images_of_upload(model: str, r: Model, data: Upload, k: K = 10) -> Response:
         """The top-k gallery images for an uploaded image (the request body)."""
-        img = await decoded(data)
-        return await on_model(search_images, model, r, upload_query(img, data), lambda: r.embed_images([img])[0], k)
+        img, square = await decoded(r, data)
+        embed = lambda: r.embed_squares(square[None])[0]
+        return await on_model(search_images, model, r, upload_query(img, data), embed, k)
 
     @app.get("/api/models/{model}/captions", response_model=CaptionsResult, tags=["search"])
     async def captions(
@@ -346,8 +380,8 @@ def build_app(retrievers: dict[str, Retriever]) -> Any:
     @app.post("/api/models/{model}/captions", response_model=CaptionsResult, tags=["search"], openapi_extra=upload_doc)
     async def captions_of_upload(model: str, r: Model, data: Upload, k: K = 10, distinct: Distinct = False) -> Response:
         """The top-k gallery captions for an uploaded image (the request body)."""
-        img = await decoded(data)
-        embed = lambda: r.embed_images([img])[0]
+        img, square = await decoded(r, data)
+        embed = lambda: r.embed_squares(square[None])[0]
         return await on_model(search_captions, model, r, upload_query(img, data), embed, k, distinct)
 
     @app.post(
@@ -365,10 +399,13 @@ def build_app(retrievers: dict[str, Retriever]) -> Any:
         """Zero-shot classes of an uploaded image among `classes` (default templates: configs/prompts.yaml)."""
         if any(len(c) > MAX_QUERY_CHARS for c in [*classes, *(templates or [])]):
             raise HTTPException(422, f"classes and templates are at most {MAX_QUERY_CHARS} characters each")
-        img = await decoded(data)
+        if len(classes) * len(templates or r.default_templates) > MAX_PROMPTS:
+            raise HTTPException(422, f"classes x templates make more than {MAX_PROMPTS} prompts: give fewer")
+        img, square = await decoded(r, data)
 
         def run() -> ClassifyResult:
-            result = checked(lambda: r.classify(img, classes, templates))
+            embedding = r.embed_squares(square[None])
+            result = checked(lambda: r.classify_embeddings(embedding, classes, templates)[0])
             used = templates or r.default_templates
             names = [c.strip() for c in classes]
             unknown = r.unknown_words([*names, *(t.replace("{}", " ") for t in used)])
@@ -406,15 +443,21 @@ def build_app(retrievers: dict[str, Retriever]) -> Any:
     ) -> Response:
         """The image's central square as a JPEG, from its file in the split (else its image cache row)."""
 
-        def make() -> bytes:
+        key = (r.split.fingerprint, image_id, size)  # two models of one split share their pictures
+        with thumbnails_lock:
+            data = thumbnails.items.get(key)
+        if data is None:  # made outside the lock: thumbnails of other images are made meanwhile
             out = io.BytesIO()
             Image.fromarray(checked(lambda: r.picture(image_id, size))).save(out, "JPEG", quality=85)
-            return out.getvalue()
-
-        with thumbnails_lock:  # not the model's lock: searches go on while a picture is read
-            data = thumbnails.get((model, image_id, size), make)
+            data = out.getvalue()
+            with thumbnails_lock:
+                thumbnails.get(key, lambda: data)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=3600"})
 
+    if hosts is not None:
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)
     app.state.retrievers = retrievers
     return app
 
@@ -426,8 +469,7 @@ def load_retrievers(paths: list[str], split: str | None, spec: IndexSpec, device
     for name, path in zip(model_names(paths), paths):
         r = Retriever(open_checkpoint(path, device, **data), split, spec)
         t0 = time.perf_counter()
-        _ = r.images, r.captions
-        r.embed_texts(["a photo"])
+        r.warm()
         log.info(
             "model %s: %s, %d images and %d captions of %s ready in %.1f s",
             name,
@@ -477,11 +519,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", default=None, help="gallery split (default: each checkpoint's test split)")
     parser.add_argument("--index", choices=KINDS, default="exact", help="exact, or FAISS HNSW (approximate)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (0: a free one)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     group = parser.add_argument_group("data settings (default: those each checkpoint was trained with)")
     for name, kind in DATA_FLAGS.items():
-        group.add_argument(f"--{name}", type=kind, default=None)
+        group.add_argument(f"--{name}", type=kind, default=None, help=f"the checkpoint's {name} unless given")
     args = parser.parse_args(argv)
 
     if not 0 <= args.port <= 65535:
@@ -491,11 +533,30 @@ def main(argv: list[str] | None = None) -> None:
 
     spec = IndexSpec(args.index)
     spec.check()
+    sock = listen(args.host, args.port)  # a taken port fails now, not after the models have loaded
     data = {n: getattr(args, n) for n in DATA_FLAGS}
-    app = build_app(load_retrievers(args.ckpt_path, args.split, spec, args.device, **data))
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
+    retrievers = load_retrievers(args.ckpt_path, args.split, spec, args.device, **data)
+    loopback = args.host in LOOPBACK
+    hosts = [*LOOPBACK, "[::1]"] if loopback else None
+    if not loopback:
         log.warning("listening on %s: whoever reaches this machine can use the server (no authentication)", args.host)
     host = f"[{args.host}]" if ":" in args.host else args.host
-    url = f"http://{host}:{args.port}"
+    url = f"http://{host}:{sock.getsockname()[1]}"
     print(f"clip_lab serve: {url}/ (the page), {url}/docs (the API); Ctrl-C stops")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    uvicorn.Server(uvicorn.Config(build_app(retrievers, hosts), log_level="warning")).run(sockets=[sock])
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to (host, port), listening; one ClipLabError line when the address is taken or unknown."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn sets it
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as e:
+        raise ClipLabError(
+            f"cannot listen on {host}:{port} ({e.strerror}): another server may hold the port; pass another "
+            "--port (0 picks a free one)"
+        ) from e
+    return sock

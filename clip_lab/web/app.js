@@ -64,9 +64,16 @@ function card(model, match, isTrue) {
   const [first, ...more] = match.captions;
   const item = el(
     "li",
-    { class: "card" + (isTrue ? " true" : ""), tabindex: "0", "data-image-id": match.image_id,
-      title: match.file_name, onclick: () => showDetail(model, match),
-      onkeydown: (e) => { if (e.key === "Enter") showDetail(model, match); } },
+    { class: "card" + (isTrue ? " true" : ""), tabindex: "0", role: "button", "data-image-id": match.image_id,
+      title: match.file_name, "aria-label": `#${match.rank}: ${first || match.file_name}`,
+      onclick: () => showDetail(model, match),
+      onkeydown: (e) => {
+        // the card's own keys only (not its folded captions'); the default would also press the dialog's button
+        if (e.target === e.currentTarget && (e.key === "Enter" || e.key === " ")) {
+          e.preventDefault();
+          showDetail(model, match);
+        }
+      } },
     el("img", { src: thumb(model, match.image_id), alt: first || match.file_name, loading: "lazy" }),
     el("div", { class: "meta" }, el("span", { class: "rank" }, `#${match.rank}`),
       el("span", { class: "score" }, match.score.toFixed(3))),
@@ -87,7 +94,8 @@ function showImages(pane, result) {
   pane.querySelector(".grid").replaceChildren(
     ...result.results.map((m) => card(model, m, truth.has(m.image_id))));
   const status = pane.querySelector(".status");
-  const parts = [`top ${result.k} of ${result.gallery_size} images`, `${result.ms.toFixed(1)} ms`];
+  const parts = [`${describeQuery(state.query)}: top ${result.k} of ${result.gallery_size} images`,
+    `${result.ms.toFixed(1)} ms`];
   if (truth.size) {
     const found = result.results.find((m) => truth.has(m.image_id));
     parts.push(found ? `true image at #${found.rank}` : `true image not in the top ${result.k}`);
@@ -130,6 +138,7 @@ function k() {
 
 async function run(query) {
   state.query = query;
+  if (query.kind !== "text") $("text").value = "";  // the box says what was asked: not an earlier text
   message("");
   $("go").disabled = true;
   const panes = buildPanes();
@@ -138,10 +147,15 @@ async function run(query) {
   } finally {
     $("go").disabled = false;
   }
-  if (query.kind === "text") {
-    const params = new URLSearchParams({ text: query.text, k: k(), left: $("left").value, right: $("right").value });
-    history.replaceState(null, "", "#" + params);
-  }
+  // the address holds a text query only: an image query cannot be written into a link
+  const params = new URLSearchParams({ text: query.text, k: k(), left: $("left").value, right: $("right").value });
+  history.replaceState(null, "", query.kind === "text" ? "#" + params : location.pathname);
+}
+
+function describeQuery(query) {
+  if (query.kind === "text") return `"${query.text}"`;
+  if (query.kind === "image") return `images like image ${query.imageId}`;
+  return `the uploaded ${query.file.name || "image"}`;
 }
 
 async function runPane(pane, query) {
@@ -166,12 +180,14 @@ async function runPane(pane, query) {
       const [images, captions, classified] = await Promise.all([
         api(`${base}/images?k=${k()}`, send),
         api(`${base}/captions?k=5&distinct=true`, send),
-        classes ? api(`${base}/classify?${classes}`, send) : null,
+        // a bad class list costs the classes only, never the images and captions
+        classes ? api(`${base}/classify?${classes}`, send).catch((error) => ({ error })) : null,
       ]);
       const box = pane.querySelector(".upload");
       box.hidden = false;
       box.replaceChildren(el("img", { src: query.url, alt: "uploaded image" }));
-      if (classified) showClasses(box, classified);
+      if (classified && classified.error) box.append(el("p", { class: "warn" }, classified.error.message));
+      else if (classified) showClasses(box, classified);
       showCaptions(pane.querySelector(".captions"), captions, null);
       showImages(pane, images);
     }
@@ -191,8 +207,9 @@ function upload(file) {
     message("zero-shot needs two or more classes, separated by commas");
     return;
   }
-  if (state.query && state.query.url) URL.revokeObjectURL(state.query.url);
-  run({ kind: "upload", file, url: URL.createObjectURL(file), classes });
+  if (state.query && state.query.url && state.query.file !== file) URL.revokeObjectURL(state.query.url);
+  const url = state.query && state.query.file === file ? state.query.url : URL.createObjectURL(file);
+  run({ kind: "upload", file, url, classes });
 }
 
 // -- the detail view of one result -----------------------------------------------------------------------------------
@@ -248,6 +265,7 @@ async function start() {
   $("left").replaceChildren(...names.map((n) => el("option", { value: n }, n)));
   $("right").replaceChildren(el("option", { value: "" }, "(none)"), ...names.map((n) => el("option", { value: n }, n)));
   $("about").textContent = `${names.length} model${names.length > 1 ? "s" : ""}: ${names.join(", ")}`;
+  $("right").parentElement.hidden = names.length < 2;  // nothing to put beside a single model
   fromLink();
   examples();
 }
@@ -268,6 +286,7 @@ function fromLink() {
 }
 
 window.addEventListener("hashchange", fromLink);
+$("detail").addEventListener("click", (e) => { if (e.target === $("detail")) $("detail").close(); });  // backdrop
 $("query").addEventListener("submit", (e) => { e.preventDefault(); search(); });
 for (const id of ["left", "right"]) {
   $(id).addEventListener("change", () => {
@@ -278,9 +297,20 @@ for (const id of ["left", "right"]) {
 const drop = $("drop");
 drop.addEventListener("click", (e) => { if (!e.target.closest(".classes")) $("file").click(); });
 drop.addEventListener("keydown", (e) => { if (e.key === "Enter" && e.target === drop) $("file").click(); });
-$("file").addEventListener("change", () => upload($("file").files[0]));
+$("file").addEventListener("change", () => {
+  upload($("file").files[0]);
+  $("file").value = "";  // choosing the same file again is a new upload
+});
+$("classes").addEventListener("keydown", (e) => {
+  if (e.key !== "Enter") return;
+  e.preventDefault();  // not the text search's submit
+  if (state.query && state.query.kind === "upload") upload(state.query.file);  // the same image, these classes
+  else message("choose or drop an image: the classes are for it");
+});
 drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
-drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("dragleave", (e) => {
+  if (!drop.contains(e.relatedTarget)) drop.classList.remove("over");  // not when it moves onto the text inside
+});
 drop.addEventListener("drop", (e) => {
   e.preventDefault();
   drop.classList.remove("over");

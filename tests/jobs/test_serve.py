@@ -5,7 +5,9 @@ live loopback server in which no request fails."""
 import http.client
 import io
 import json
+import struct
 import threading
+import zlib
 from dataclasses import asdict
 from urllib.parse import quote, urlsplit
 
@@ -369,3 +371,52 @@ def test_an_hnsw_server_answers_as_the_exact_one_on_a_small_gallery(trained_run,
     body = client.get("/api/models/t/images", params={"text": "a red circle", "k": 10}).json()
     assert [m["image_id"] for m in body["results"]] == [m.image_id for m in exact]
     assert [m["score"] for m in body["results"]] == pytest.approx([m.score for m in exact], abs=1e-5)
+
+
+def png_header(width: int, height: int) -> bytes:
+    """The first bytes of a PNG claiming `width` x `height` pixels: a header Pillow reads, and no pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def test_more_upload_cases_and_an_unexpected_failure(served, monkeypatch):
+    client, retrievers = served
+    # past Pillow's own guard (twice its MAX_IMAGE_PIXELS): still the size message, not "not an image"
+    huge = post(client, f"{URL}/images", png_header(60000, 60000), "image/png")
+    assert huge.status_code == 400 and "more than 50 megapixels" in huge.json()["error"]
+    # no Content-Type: refused (a cross-origin page could send one without the server's leave); the case of the
+    # media type and its parameters do not matter
+    bare = client.post(f"{URL}/images", content=jpeg(), headers={"content-type": ""})
+    assert bare.status_code == 415 and "not none" in bare.json()["error"]
+    assert post(client, f"{URL}/images", jpeg(), "IMAGE/JPEG; q=1").status_code == 200
+    # 64 classes x the 6 default templates: more prompts than one request may have embedded
+    many = post(client, f"{URL}/classify", jpeg(), classes=list(map(str, range(64))), templates=["a {}"] * 9)
+    assert many.status_code == 422 and "more than 512 prompts" in many.json()["error"]
+    # a failure nobody foresaw: JSON with one line, and the traceback in the server's log only
+    monkeypatch.setattr(retrievers["t"], "search_embedding", lambda *a, **k: 1 / 0)
+    failed = TestClient(client.app, raise_server_exceptions=False).get(f"{URL}/images", params={"text": "a"})
+    assert failed.status_code == 500
+    assert failed.json() == {"error": "the server failed on this request (ZeroDivisionError); its log says more"}
+
+
+def test_a_loopback_server_answers_only_its_own_host_names(served):
+    _, retrievers = served
+    app = serve.build_app(retrievers, hosts=["127.0.0.1", "localhost"])
+    assert TestClient(app, base_url="http://127.0.0.1:8000").get("/api/health").status_code == 200
+    assert TestClient(app, base_url="http://localhost:8000").get("/api/health").status_code == 200
+    # a page elsewhere whose DNS name points here (DNS rebinding) sends its own name as the Host
+    assert TestClient(app, base_url="http://evil.example").get("/api/health").status_code == 400
+
+
+def test_a_taken_port_is_one_line_before_any_model_loads():
+    first = serve.listen("127.0.0.1", 0)
+    try:
+        port = first.getsockname()[1]
+        with pytest.raises(ClipLabError, match=f"cannot listen on 127.0.0.1:{port} .*pass another --port"):
+            serve.listen("127.0.0.1", port)
+    finally:
+        first.close()

@@ -206,3 +206,74 @@ def test_on_a_phone_the_panes_stack_and_the_grid_fits(site, browser):
         assert abs(first["y"] - second["y"]) < 2  # two results a row
     finally:
         browser.set_window_size(1400, 1000)
+
+
+def test_the_keyboard_opens_a_result_and_escape_closes_it(site, browser):
+    from selenium.webdriver.common.keys import Keys
+
+    search(browser, "a white cross", k=4)
+    first = cards(panes(browser)[0])[0]
+    browser.execute_script("arguments[0].focus()", first)
+    first.send_keys(Keys.ENTER)
+    dialog = browser.find_element(By.ID, "detail")
+    wait(browser, lambda d: len(dialog.find_elements(By.CSS_SELECTOR, ".detail-captions li .text")) == 5)
+    assert dialog.is_displayed()  # the key that opened it did not also press its close button
+    # the image's own captions among the model's top ones are green
+    colors = browser.execute_script(
+        "return [...document.querySelectorAll('.detail-captions li.own')].map(e => getComputedStyle(e).color)"
+    )
+    assert colors and set(colors) == {"rgb(18, 134, 90)"}
+    dialog.find_element(By.CSS_SELECTOR, ".close").send_keys(Keys.ESCAPE)
+    wait(browser, lambda d: not dialog.is_displayed())
+
+
+def test_an_upload_clears_the_text_query_and_new_classes_rerun_it(site, browser, demo_root):
+    from selenium.webdriver.common.keys import Keys
+
+    url, retrievers = site
+    search(browser, "a purple square", k=4)
+    assert "text=" in browser.current_url
+    classes = browser.find_element(By.ID, "classes")
+    classes.clear()
+    classes.send_keys("circle, circle")  # a bad class list costs the classes only
+    browser.find_element(By.ID, "file").send_keys(str(demo_root / "val2014" / "COCO_val2014_000001000003.jpg"))
+    warned = lambda d: d.find_elements(By.CSS_SELECTOR, ".upload .warn")
+    wait(browser, lambda d: all(len(cards(p)) == 4 for p in panes(d)) and warned(d))
+    assert "class names repeat" in browser.find_element(By.CSS_SELECTOR, ".upload .warn").text
+    assert browser.find_element(By.ID, "text").get_attribute("value") == "" and "#" not in browser.current_url
+    status = panes(browser)[0].find_element(By.CSS_SELECTOR, ".status").text
+    assert "the uploaded COCO_val2014_000001000003.jpg" in status
+    classes.clear()
+    classes.send_keys("circle, square, triangle, cross", Keys.ENTER)  # the same image, new classes
+    wait(browser, lambda d: all(len(p.find_elements(By.CSS_SELECTOR, ".bar")) == 4 for p in panes(d)))
+    assert not browser.find_element(By.ID, "message").is_displayed()
+
+
+def test_on_a_phone_the_detail_view_closes_by_its_button(site, browser):
+    url, _ = site
+    browser.set_window_size(390, 844)
+    try:
+        browser.get("about:blank")
+        browser.get(url + "/#text=a%20yellow%20circle&k=4")
+        wait(browser, lambda d: len(panes(d)) == 2 and all(len(cards(p)) == 4 for p in panes(d)))
+        cards(panes(browser)[0])[0].click()
+        dialog = browser.find_element(By.ID, "detail")
+        wait(browser, lambda d: dialog.is_displayed())
+        wait(browser, lambda d: d.execute_script("return document.querySelector('#detail-body img').complete"))
+        dialog.find_element(By.CSS_SELECTOR, ".close").click()  # not covered by the picture
+        wait(browser, lambda d: not dialog.is_displayed())
+    finally:
+        browser.set_window_size(1400, 1000)
+
+
+def test_with_one_model_there_is_nothing_to_put_beside_it(trained_run, browser, tmp_path):
+    path = ckpt_of(trained_run)
+    retrievers = serve.load_retrievers([path], None, IndexSpec(), "cpu", cache_dir=str(tmp_path / "cache"))
+    with serve.running(serve.build_app(retrievers)) as url:
+        browser.get(url + "/")
+        wait(browser, lambda d: len(panes(d)) == 1)
+        assert not browser.find_element(By.ID, "right").is_displayed()
+        search_one = browser.find_element(By.ID, "text")
+        search_one.send_keys("a red circle")
+        browser.find_element(By.ID, "go").click()
+        wait(browser, lambda d: len(cards(panes(d)[0])) == 10)
