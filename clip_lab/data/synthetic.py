@@ -266,6 +266,32 @@ def make_clip_model(
     CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size=square).save_pretrained(path)
 
 
+def make_siglip_model(path: Path, seed: int = 0, width: int = 64, layers: int = 2, max_length: int = 16) -> None:
+    """Save a randomly initialized small full SigLIP (`SiglipModel`) with the demo's tokenizer to `path`: a SigLIP
+    text tower for the tests (`SiglipTextModel` and `AutoConfig` take the folder as they take Google's). SigLIP's own
+    tokenizer is a SentencePiece model; the tower reads whatever ids its tokenizer gives."""
+    import torch
+    from transformers import SiglipConfig, SiglipModel
+
+    tokenizer = _tokenizer()
+    vocab = tokenizer.get_vocab()
+    text = dict(
+        vocab_size=len(vocab),
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        max_position_embeddings=max_length,
+        pad_token_id=vocab["<pad>"],
+        bos_token_id=vocab["<bos>"],
+        eos_token_id=vocab["<eos>"],
+    )
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=32)
+    torch.manual_seed(seed)
+    SiglipModel(SiglipConfig(text_config=text, vision_config=vision | {"patch_size": 8})).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
 def make_bert_model(path: Path, seed: int = 0, width: int = 64, layers: int = 2, vocab_size: int | None = None) -> None:
     """Save a randomly initialized small DistilBERT (`DistilBertModel`) and its WordPiece tokenizer to `path`: the
     stand-in for `distilbert-base-uncased` when a trained transformer text encoder runs on the demo data.

@@ -1,4 +1,4 @@
-"""The frozen CLIP text tower: one `TextEncoder.encode` for training captions, queries and zero-shot prompts."""
+"""The frozen pretrained text tower (CLIP, SigLIP): one `TextEncoder.encode` for captions, queries and prompts."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import logging
 import os
 import re
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -143,33 +144,68 @@ def text_model_fingerprint(name: str) -> str:
     return f"hub:{name}@{revision}"
 
 
+@dataclass(frozen=True)
+class TextFamily:
+    """How one model family's frozen text tower is loaded and read, as the family's own `get_text_features` reads it."""
+
+    model_class: str  # the transformers class of the text tower with its projection (loads from a full checkpoint)
+    model_types: tuple[str, ...]  # the `model_type`s of its configs: the full model's and the text tower's
+    dim: Callable[[Any], int]  # the embedding width, from the text config
+    pad_to_max: bool  # SigLIP was trained on texts padded to its full length, attending to the padding (no mask)
+
+
+TEXT_FAMILIES = {
+    "clip": TextFamily("CLIPTextModelWithProjection", ("clip", "clip_text_model"), lambda c: c.projection_dim, False),
+    "siglip": TextFamily("SiglipTextModel", ("siglip", "siglip_text_model"), lambda c: c.hidden_size, True),
+}
+
+
+def text_family(config: Any, name: str) -> TextFamily:
+    """The family of a Hugging Face config; one ClipLabError line naming the families there are."""
+    for family in TEXT_FAMILIES.values():
+        if config.model_type in family.model_types:
+            return family
+    raise ClipLabError(
+        f"{name} is a {config.model_type!r} model: the frozen text tower can be one of "
+        f"{', '.join(TEXT_FAMILIES)} (a Hugging Face id or a folder saved with save_pretrained)"
+    )
+
+
 def text_embed_dim(name: str) -> int:
-    """The width of the projected text embedding, read from the model's config alone (no weights loaded)."""
+    """The width of the text embedding, read from the model's config alone (no weights loaded)."""
     from transformers import AutoConfig
 
     config = load_pretrained(AutoConfig, name)
-    dim = getattr(config, "projection_dim", None)
+    family = text_family(config, name)
+    # a full model's config holds the text tower's as text_config; CLIP's projection width sits on the full one
+    text = config if family is TEXT_FAMILIES["clip"] else getattr(config, "text_config", config)
+    dim = getattr(text, "projection_dim", None) if family is TEXT_FAMILIES["clip"] else family.dim(text)
     if not dim:
         raise ClipLabError(f"{name} is not a CLIP model: its config has no projection_dim")
     return int(dim)
 
 
 class TextEncoder(nn.Module):
-    """Frozen `CLIPTextModelWithProjection` + its tokenizer; `encode` returns L2-normalized `text_embeds`.
+    """A frozen pretrained text tower + its tokenizer; `encode` returns L2-normalized text embeddings.
 
-    The pooled output is taken at each caption's end-of-text token (CLIP's text model is causal, so the first
-    token's state is the same for every caption) and projected, exactly as CLIP does for its own training.
+    CLIP (`CLIPTextModelWithProjection`): the pooled output is taken at each caption's end-of-text token (CLIP's
+    text model is causal, so the first token's state is the same for every caption) and projected, exactly as CLIP
+    does for its own training. SigLIP (`SiglipTextModel`): its head on the last token, over texts padded to the
+    model's full length with the padding attended, as SigLIP was trained (TEXT_FAMILIES).
     """
 
     def __init__(self, name: str = DEFAULT_TEXT_MODEL, max_length: int = 77) -> None:
         super().__init__()
-        from transformers import AutoTokenizer, CLIPTextModelWithProjection
+        import transformers
+        from transformers import AutoConfig, AutoTokenizer
 
         self.name = name
+        self.family = text_family(load_pretrained(AutoConfig, name), name)
         self.tokenizer = load_pretrained(AutoTokenizer, name)
-        self.model = load_model(CLIPTextModelWithProjection, name).eval().requires_grad_(False)
+        model_class = getattr(transformers, self.family.model_class)
+        self.model = load_model(model_class, name).eval().requires_grad_(False)
         self.max_length = min(max_length, self.model.config.max_position_embeddings)
-        self.dim = int(self.model.config.projection_dim)
+        self.dim = text_embed_dim(name)
         self._backend = None  # a fast tokenizer's Rust core, set to truncate exactly as the HF call would
         if getattr(self.tokenizer, "is_fast", False):
             from tokenizers import Tokenizer
@@ -239,13 +275,17 @@ class TextEncoder(nn.Module):
         chunks = []
         for b in batches:
             idx = order[b : b + batch_size]
-            width = int(lengths[idx[-1]])  # sorted: the last is the longest
+            width = self.max_length if self.family.pad_to_max else int(lengths[idx[-1]])  # sorted: the last is longest
             mask = np.arange(width)[None, :] < lengths[idx, None]
             input_ids = np.full(mask.shape, pad, dtype=np.int64)
             input_ids[mask] = tokens[(starts[idx, None] + np.arange(width)[None, :])[mask]]
             with torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
-                emb = self.model(input_ids=to_device(input_ids), attention_mask=to_device(mask.astype(np.int64)))
-            chunks.append(F.normalize(emb.text_embeds.float(), dim=-1))
+                if self.family.pad_to_max:  # no mask: the padding is attended, as in training
+                    emb = self.model(input_ids=to_device(input_ids)).pooler_output
+                else:
+                    mask_ = to_device(mask.astype(np.int64))
+                    emb = self.model(input_ids=to_device(input_ids), attention_mask=mask_).text_embeds
+            chunks.append(F.normalize(emb.float(), dim=-1))
         out = torch.empty(n, self.dim, device=device)
         if n:
             out[to_device(order)] = torch.cat(chunks)
