@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clip_lab.models.text import load_model, load_pretrained
+from clip_lab.errors import ClipLabError
+from clip_lab.models.text import TEXT_FAMILIES, load_model, load_pretrained, text_family
 
 
 class ClipImageTower(nn.Module):
@@ -18,9 +19,14 @@ class ClipImageTower(nn.Module):
 
     def __init__(self, name: str) -> None:
         super().__init__()
-        from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+        from transformers import AutoConfig, CLIPImageProcessor, CLIPVisionModelWithProjection
 
         self.name = name
+        if text_family(load_pretrained(AutoConfig, name), name) is not TEXT_FAMILIES["clip"]:
+            raise ClipLabError(
+                f"{name} is not a CLIP model: the image tower of the zero-shot and head baselines is CLIP's "
+                "(a SigLIP model can be the frozen text tower of fit); pass a CLIP model as data.text_model"
+            )
         self.model = load_model(CLIPVisionModelWithProjection, name).eval().requires_grad_(False)
         processor = load_pretrained(CLIPImageProcessor, name)
         config = self.model.config

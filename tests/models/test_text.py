@@ -183,3 +183,12 @@ def test_fit_search_and_zeroshot_against_a_frozen_siglip_text_tower(demo_root, t
         ]
     )
     assert shapes["accuracy"] is not None and shapes["n_images"] == 96
+
+
+def test_the_baselines_image_tower_refuses_a_siglip_model_in_one_line(tmp_path):
+    from clip_lab.data.synthetic import make_siglip_model
+    from clip_lab.models.vision import ClipImageTower
+
+    make_siglip_model(tmp_path / "siglip")
+    with pytest.raises(ClipLabError, match="is not a CLIP model: the image tower of the zero-shot and head baselines"):
+        ClipImageTower(str(tmp_path / "siglip"))
