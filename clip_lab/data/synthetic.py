@@ -292,6 +292,42 @@ def make_siglip_model(path: Path, seed: int = 0, width: int = 64, layers: int = 
     tokenizer.save_pretrained(path)
 
 
+def make_blip_model(path: Path, seed: int = 0, width: int = 64, layers: int = 2, embed_dim: int = 40) -> None:
+    """Save a randomly initialized small BLIP retrieval model (`BlipForImageTextRetrieval`: the architecture of
+    Salesforce/blip-itm-base-coco) with the demo's tokenizer to `path`: a BLIP text tower for the tests."""
+    import torch
+    from transformers import BlipConfig, BlipForImageTextRetrieval
+
+    tokenizer = _tokenizer()
+    vocab = tokenizer.get_vocab()
+    text = dict(
+        vocab_size=len(vocab),
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        max_position_embeddings=32,
+        encoder_hidden_size=32,  # the vision width its cross-attention (the ITM head's path) reads
+        pad_token_id=vocab["<pad>"],
+        bos_token_id=vocab["<bos>"],
+        eos_token_id=vocab["<eos>"],
+        sep_token_id=vocab["<eos>"],
+        # BLIP's default 0.02 leaves a random tower's [CLS] state all but equal for every caption (cosines 0.9999):
+        # at 0.2 captions differ as a trained tower's do (cosines ~0.3-0.9), so a test can learn against it
+        initializer_range=0.2,
+    )
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=32)
+    config = BlipConfig(
+        text_config=text,
+        vision_config=vision | {"patch_size": 8},
+        image_text_hidden_size=embed_dim,
+        initializer_range=0.2,
+    )
+    torch.manual_seed(seed)
+    BlipForImageTextRetrieval(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
 def make_bert_model(path: Path, seed: int = 0, width: int = 64, layers: int = 2, vocab_size: int | None = None) -> None:
     """Save a randomly initialized small DistilBERT (`DistilBertModel`) and its WordPiece tokenizer to `path`: the
     stand-in for `distilbert-base-uncased` when a trained transformer text encoder runs on the demo data.

@@ -1,4 +1,4 @@
-"""The frozen pretrained text tower (CLIP, SigLIP): one `TextEncoder.encode` for captions, queries and prompts."""
+"""The frozen pretrained text tower (CLIP, SigLIP, BLIP): one `TextEncoder.encode` for captions, queries, prompts."""
 
 from __future__ import annotations
 
@@ -146,17 +146,39 @@ def text_model_fingerprint(name: str) -> str:
 
 @dataclass(frozen=True)
 class TextFamily:
-    """How one model family's frozen text tower is loaded and read, as the family's own `get_text_features` reads it."""
+    """How one model family's frozen text tower is loaded and read, as the family's own code reads it."""
 
-    model_class: str  # the transformers class of the text tower with its projection (loads from a full checkpoint)
+    model_class: str  # the transformers class holding the text tower and its projection (loads a full checkpoint)
     model_types: tuple[str, ...]  # the `model_type`s of its configs: the full model's and the text tower's
-    dim: Callable[[Any], int]  # the embedding width, from the text config
-    pad_to_max: bool  # SigLIP was trained on texts padded to its full length, attending to the padding (no mask)
+    dim: Callable[[Any], int]  # the embedding width, from the config AutoConfig reads
+    features: Callable[[Any, Tensor, Tensor], Tensor]  # (model, input_ids, attention_mask) -> unnormalized embeddings
+    pad_to_max: bool = False  # SigLIP was trained on texts padded to its full length, attending to the padding
 
 
 TEXT_FAMILIES = {
-    "clip": TextFamily("CLIPTextModelWithProjection", ("clip", "clip_text_model"), lambda c: c.projection_dim, False),
-    "siglip": TextFamily("SiglipTextModel", ("siglip", "siglip_text_model"), lambda c: c.hidden_size, True),
+    # the projected state at the end-of-text token (CLIP's text model is causal: the first token's state is the same
+    # for every caption), as CLIP trains
+    "clip": TextFamily(
+        "CLIPTextModelWithProjection",
+        ("clip", "clip_text_model"),
+        lambda c: c.projection_dim,
+        lambda m, ids, mask: m(input_ids=ids, attention_mask=mask).text_embeds,
+    ),
+    # its head on the last position, no mask (SiglipModel.get_text_features)
+    "siglip": TextFamily(
+        "SiglipTextModel",
+        ("siglip", "siglip_text_model"),
+        lambda c: getattr(c, "text_config", c).hidden_size,
+        lambda m, ids, mask: m(input_ids=ids).pooler_output,
+        pad_to_max=True,
+    ),
+    # the [CLS] state through text_proj: the contrastive (ITC) side of BLIP's retrieval model, without its ITM head
+    "blip": TextFamily(
+        "BlipForImageTextRetrieval",
+        ("blip",),
+        lambda c: c.image_text_hidden_size,
+        lambda m, ids, mask: m.text_proj(m.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state[:, 0]),
+    ),
 }
 
 
@@ -176,22 +198,18 @@ def text_embed_dim(name: str) -> int:
     from transformers import AutoConfig
 
     config = load_pretrained(AutoConfig, name)
-    family = text_family(config, name)
-    # a full model's config holds the text tower's as text_config; CLIP's projection width sits on the full one
-    text = config if family is TEXT_FAMILIES["clip"] else getattr(config, "text_config", config)
-    dim = getattr(text, "projection_dim", None) if family is TEXT_FAMILIES["clip"] else family.dim(text)
-    if not dim:
-        raise ClipLabError(f"{name} is not a CLIP model: its config has no projection_dim")
+    try:
+        dim = text_family(config, name).dim(config)
+    except AttributeError as e:
+        raise ClipLabError(f"{name}: its {config.model_type} config has no embedding width ({e})") from e
     return int(dim)
 
 
 class TextEncoder(nn.Module):
     """A frozen pretrained text tower + its tokenizer; `encode` returns L2-normalized text embeddings.
 
-    CLIP (`CLIPTextModelWithProjection`): the pooled output is taken at each caption's end-of-text token (CLIP's
-    text model is causal, so the first token's state is the same for every caption) and projected, exactly as CLIP
-    does for its own training. SigLIP (`SiglipTextModel`): its head on the last token, over texts padded to the
-    model's full length with the padding attended, as SigLIP was trained (TEXT_FAMILIES).
+    Each family's embedding is read as the family reads it (TEXT_FAMILIES): CLIP's projected end-of-text state,
+    SigLIP's head on the last position over texts padded to the model's full length, BLIP's projected [CLS] state.
     """
 
     def __init__(self, name: str = DEFAULT_TEXT_MODEL, max_length: int = 77) -> None:
@@ -204,7 +222,8 @@ class TextEncoder(nn.Module):
         self.tokenizer = load_pretrained(AutoTokenizer, name)
         model_class = getattr(transformers, self.family.model_class)
         self.model = load_model(model_class, name).eval().requires_grad_(False)
-        self.max_length = min(max_length, self.model.config.max_position_embeddings)
+        text_config = getattr(self.model.config, "text_config", self.model.config)  # BLIP's model is the full one
+        self.max_length = min(max_length, text_config.max_position_embeddings)
         self.dim = text_embed_dim(name)
         self._backend = None  # a fast tokenizer's Rust core, set to truncate exactly as the HF call would
         if getattr(self.tokenizer, "is_fast", False):
@@ -280,11 +299,7 @@ class TextEncoder(nn.Module):
             input_ids = np.full(mask.shape, pad, dtype=np.int64)
             input_ids[mask] = tokens[(starts[idx, None] + np.arange(width)[None, :])[mask]]
             with torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
-                if self.family.pad_to_max:  # no mask: the padding is attended, as in training
-                    emb = self.model(input_ids=to_device(input_ids)).pooler_output
-                else:
-                    mask_ = to_device(mask.astype(np.int64))
-                    emb = self.model(input_ids=to_device(input_ids), attention_mask=mask_).text_embeds
+                emb = self.family.features(self.model, to_device(input_ids), to_device(mask.astype(np.int64)))
             chunks.append(F.normalize(emb.float(), dim=-1))
         out = torch.empty(n, self.dim, device=device)
         if n:

@@ -131,23 +131,24 @@ def test_another_family_is_one_line_naming_those_there_are(tmp_path):
 
 
 @pytest.mark.slow
-def test_fit_search_and_zeroshot_against_a_frozen_siglip_text_tower(demo_root, tmp_path):
+@pytest.mark.parametrize("family", ["siglip", "blip"])
+def test_fit_search_and_zeroshot_against_a_frozen_text_tower_of_another_family(family, demo_root, tmp_path):
     import csv
     import json
 
     from cli_args import fit_args, job_args
 
     from clip_lab.__main__ import main
-    from clip_lab.data.synthetic import make_siglip_model
+    from clip_lab.data.synthetic import make_blip_model, make_siglip_model
     from clip_lab.jobs import search, zeroshot
 
-    siglip = tmp_path / "siglip"
-    make_siglip_model(siglip, width=48, max_length=16)
+    tower = tmp_path / family
+    make_siglip_model(tower, width=48, max_length=16) if family == "siglip" else make_blip_model(tower, embed_dim=48)
     args = fit_args(
         demo_root,
         tmp_path,
         "sig",
-        data__text_model=siglip,
+        data__text_model=tower,
         trainer__max_epochs=10,
         data__batch_size=32,
         data__val_images=64,
@@ -156,13 +157,13 @@ def test_fit_search_and_zeroshot_against_a_frozen_siglip_text_tower(demo_root, t
     run = tmp_path / "results" / "sig"
     rsum = [float(r["val/rsum"]) for r in csv.DictReader((run / "metrics.csv").open()) if r.get("val/rsum")]
     assert len(rsum) == 10 and max(rsum) > 2 * rsum[0]  # chance on 64 images is ~0.5
-    assert list((tmp_path / "cache").glob("captions_train2014_*siglip*"))  # the cache, by SigLIP's tower
+    assert list((tmp_path / "cache").glob(f"captions_train2014_*{family}*"))  # the cache, by this family's tower
     assert main(job_args("test", run, "best.ckpt")) == 0
     metrics = json.loads((run / "test_metrics.json").read_text())["metrics"]
-    # a random SigLIP tower pools a padding position, so its captions embed much alike (cosines ~0.95): a harder
-    # target than the demo's CLIP, still learned well past chance
+    # a random tower of these families pools one position (SigLIP's a padding one), so its captions embed much
+    # alike (SigLIP's cosines ~0.95): a harder target than the demo's CLIP, still learned well past chance
     assert metrics["rsum"] > 2.5 * (2 * (1 + 5 + 10) / 96)
-    # queries and prompts go through the same SigLIP tower, 48 wide like the head
+    # queries and prompts go through the same tower, 48 wide like the head
     ckpt = str(run / "checkpoints" / "best.ckpt")
     found = search.main(["--ckpt_path", ckpt, "--text", "a red circle", "--k", "3", "--out", str(tmp_path / "s.json")])
     assert len(found["results"]) == 3
@@ -192,3 +193,26 @@ def test_the_baselines_image_tower_refuses_a_siglip_model_in_one_line(tmp_path):
     make_siglip_model(tmp_path / "siglip")
     with pytest.raises(ClipLabError, match="is not a CLIP model: the image tower of the zero-shot and head baselines"):
         ClipImageTower(str(tmp_path / "siglip"))
+
+
+def test_a_blip_text_tower_embeds_as_blip_retrieval_does(tmp_path):
+    """BLIP's contrastive text feature as BlipForImageTextRetrieval computes it (use_itm_head=False): the text
+    encoder's [CLS] state through text_proj; the width is image_text_hidden_size."""
+    from transformers import AutoTokenizer, BlipForImageTextRetrieval
+
+    from clip_lab.data.synthetic import make_blip_model
+
+    path = tmp_path / "blip"
+    make_blip_model(path, embed_dim=40)
+    enc = TextEncoder(str(path), max_length=77)
+    assert enc.max_length == 32 and enc.dim == text_embed_dim(str(path)) == 40
+    got = enc.encode(CAPTIONS, batch_size=2)
+    model, tokenizer = BlipForImageTextRetrieval.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    inputs = tokenizer(CAPTIONS, padding=True, return_tensors="pt")
+    pixels = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():  # the model's own cosine of one image with each text: our embeddings must give it
+        own = model(**inputs, pixel_values=pixels, use_itm_head=False).itm_score[0]
+        vision = model.vision_model(pixel_values=pixels).last_hidden_state
+        image = torch.nn.functional.normalize(model.vision_proj(vision[:, 0]), dim=-1)[0]
+    assert torch.allclose(got @ image, own, atol=1e-5)
+    assert torch.allclose(got.norm(dim=1), torch.ones(5), atol=1e-5)
