@@ -328,6 +328,31 @@ def make_blip_model(path: Path, seed: int = 0, width: int = 64, layers: int = 2,
     tokenizer.save_pretrained(path)
 
 
+def make_align_model(path: Path, seed: int = 0, width: int = 64, layers: int = 2, embed_dim: int = 40) -> None:
+    """Save a randomly initialized small ALIGN (`AlignModel`: kakaobrain/align-base's architecture, a BERT text tower
+    and a shrunken EfficientNet) with the demo's tokenizer to `path`: an ALIGN text tower for the tests."""
+    import torch
+    from transformers import AlignConfig, AlignModel
+
+    tokenizer = _tokenizer()
+    vocab = tokenizer.get_vocab()
+    text = dict(
+        vocab_size=len(vocab),
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        max_position_embeddings=32,
+        pad_token_id=vocab["<pad>"],
+        initializer_range=0.2,  # as make_blip_model's: at 0.02 a random BERT's [CLS] is the same for every caption
+    )
+    vision = dict(image_size=32, width_coefficient=0.1, depth_coefficient=0.1, hidden_dim=64)
+    torch.manual_seed(seed)
+    config = AlignConfig(text_config=text, vision_config=vision, projection_dim=embed_dim, initializer_range=0.2)
+    AlignModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
 def make_bert_model(path: Path, seed: int = 0, width: int = 64, layers: int = 2, vocab_size: int | None = None) -> None:
     """Save a randomly initialized small DistilBERT (`DistilBertModel`) and its WordPiece tokenizer to `path`: the
     stand-in for `distilbert-base-uncased` when a trained transformer text encoder runs on the demo data.

@@ -1,4 +1,4 @@
-"""The frozen pretrained text tower (CLIP, SigLIP, BLIP): one `TextEncoder.encode` for captions, queries, prompts."""
+"""The frozen pretrained text tower (CLIP, SigLIP, BLIP, ALIGN): one `TextEncoder.encode` for captions and queries."""
 
 from __future__ import annotations
 
@@ -172,6 +172,13 @@ TEXT_FAMILIES = {
         lambda m, ids, mask: m(input_ids=ids).pooler_output,
         pad_to_max=True,
     ),
+    # the [CLS] state through text_projection (AlignModel.get_text_features; transformers 5 returns it as an output)
+    "align": TextFamily(
+        "AlignModel",
+        ("align",),
+        lambda c: c.projection_dim,
+        lambda m, ids, mask: pooled(m.get_text_features(input_ids=ids, attention_mask=mask)),
+    ),
     # the [CLS] state through text_proj: the contrastive (ITC) side of BLIP's retrieval model, without its ITM head
     "blip": TextFamily(
         "BlipForImageTextRetrieval",
@@ -180,6 +187,11 @@ TEXT_FAMILIES = {
         lambda m, ids, mask: m.text_proj(m.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state[:, 0]),
     ),
 }
+
+
+def pooled(output: Any) -> Tensor:
+    """A `get_*_features` result as a tensor: transformers 5 wraps it in an output's `pooler_output`, 4.x does not."""
+    return getattr(output, "pooler_output", output)
 
 
 def text_family(config: Any, name: str) -> TextFamily:
@@ -209,7 +221,8 @@ class TextEncoder(nn.Module):
     """A frozen pretrained text tower + its tokenizer; `encode` returns L2-normalized text embeddings.
 
     Each family's embedding is read as the family reads it (TEXT_FAMILIES): CLIP's projected end-of-text state,
-    SigLIP's head on the last position over texts padded to the model's full length, BLIP's projected [CLS] state.
+    SigLIP's head on the last position over texts padded to the model's full length, BLIP's and ALIGN's projected
+    [CLS] state.
     """
 
     def __init__(self, name: str = DEFAULT_TEXT_MODEL, max_length: int = 77) -> None:

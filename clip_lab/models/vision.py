@@ -25,7 +25,7 @@ class ClipImageTower(nn.Module):
         if text_family(load_pretrained(AutoConfig, name), name) is not TEXT_FAMILIES["clip"]:
             raise ClipLabError(
                 f"{name} is not a CLIP model: the image tower of the zero-shot and head baselines is CLIP's "
-                "(a SigLIP or BLIP model can be the frozen text tower of fit); pass a CLIP model as data.text_model"
+                "(SigLIP, BLIP and ALIGN can be the frozen text tower of fit); pass a CLIP model as data.text_model"
             )
         self.model = load_model(CLIPVisionModelWithProjection, name).eval().requires_grad_(False)
         processor = load_pretrained(CLIPImageProcessor, name)
