@@ -310,3 +310,15 @@ def main(argv: list[str] | None = None) -> ClipLabCLI:
             job = next((a for a in (argv or []) if not a.startswith("-")), "fit")
             message = " ".join(str(e).split())
             raise ClipLabError(f"{message} (python -m clip_lab {job} --help lists every option)") from None
+        finally:
+            end_process_group()
+
+
+def end_process_group() -> None:
+    """Destroy the process group a multi-process job made (Lightning leaves it standing). Left to the interpreter's
+    exit, gloo's worker threads are destroyed still joinable now and then, and the process aborts ("terminate called
+    without an active exception", SIGABRT) after its work was done and written; PyTorch asks for this call too."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
