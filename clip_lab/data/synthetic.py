@@ -16,7 +16,7 @@ import random
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageDraw
 
@@ -266,16 +266,15 @@ def make_clip_model(
     CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size=square).save_pretrained(path)
 
 
-def make_siglip_model(path: Path, seed: int = 0, width: int = 64, layers: int = 2, max_length: int = 16) -> None:
-    """Save a randomly initialized small full SigLIP (`SiglipModel`) with the demo's tokenizer to `path`: a SigLIP
-    text tower for the tests (`SiglipTextModel` and `AutoConfig` take the folder as they take Google's). SigLIP's own
-    tokenizer is a SentencePiece model; the tower reads whatever ids its tokenizer gives."""
-    import torch
-    from transformers import SiglipConfig, SiglipModel
+# the image tower of the tiny SigLIP and BLIP: the full models hold one (a test runs BLIP's for its own cosine)
+TINY_VIT = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=32, patch_size=8
+)
 
-    tokenizer = _tokenizer()
-    vocab = tokenizer.get_vocab()
-    text = dict(
+
+def _tiny_text_config(vocab: dict[str, int], width: int, layers: int, max_length: int, **extra: Any) -> dict:
+    """The text tower's config of the tiny test models of other families, over the demo's tokenizer `vocab`."""
+    return dict(
         vocab_size=len(vocab),
         hidden_size=width,
         intermediate_size=2 * width,
@@ -285,10 +284,21 @@ def make_siglip_model(path: Path, seed: int = 0, width: int = 64, layers: int = 
         pad_token_id=vocab["<pad>"],
         bos_token_id=vocab["<bos>"],
         eos_token_id=vocab["<eos>"],
+        **extra,
     )
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=32)
+
+
+def make_siglip_model(path: Path, seed: int = 0, width: int = 64, layers: int = 2, max_length: int = 16) -> None:
+    """Save a randomly initialized small full SigLIP (`SiglipModel`) with the demo's tokenizer to `path`: a SigLIP
+    text tower for the tests (`SiglipTextModel` and `AutoConfig` take the folder as they take Google's). SigLIP's own
+    tokenizer is a SentencePiece model; the tower reads whatever ids its tokenizer gives."""
+    import torch
+    from transformers import SiglipConfig, SiglipModel
+
+    tokenizer = _tokenizer()
+    text = _tiny_text_config(tokenizer.get_vocab(), width, layers, max_length)
     torch.manual_seed(seed)
-    SiglipModel(SiglipConfig(text_config=text, vision_config=vision | {"patch_size": 8})).save_pretrained(path)
+    SiglipModel(SiglipConfig(text_config=text, vision_config=TINY_VIT)).save_pretrained(path)
     tokenizer.save_pretrained(path)
 
 
@@ -300,26 +310,20 @@ def make_blip_model(path: Path, seed: int = 0, width: int = 64, layers: int = 2,
 
     tokenizer = _tokenizer()
     vocab = tokenizer.get_vocab()
-    text = dict(
-        vocab_size=len(vocab),
-        hidden_size=width,
-        intermediate_size=2 * width,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        max_position_embeddings=32,
-        encoder_hidden_size=32,  # the vision width its cross-attention (the ITM head's path) reads
-        pad_token_id=vocab["<pad>"],
-        bos_token_id=vocab["<bos>"],
-        eos_token_id=vocab["<eos>"],
+    text = _tiny_text_config(
+        vocab,
+        width,
+        layers,
+        32,
+        encoder_hidden_size=TINY_VIT["hidden_size"],  # the vision width its cross-attention (the ITM head's) reads
         sep_token_id=vocab["<eos>"],
         # BLIP's default 0.02 leaves a random tower's [CLS] state all but equal for every caption (cosines 0.9999):
         # at 0.2 captions differ as a trained tower's do (cosines ~0.3-0.9), so a test can learn against it
         initializer_range=0.2,
     )
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=32)
     config = BlipConfig(
         text_config=text,
-        vision_config=vision | {"patch_size": 8},
+        vision_config=TINY_VIT,
         image_text_hidden_size=embed_dim,
         initializer_range=0.2,
     )
@@ -335,17 +339,8 @@ def make_align_model(path: Path, seed: int = 0, width: int = 64, layers: int = 2
     from transformers import AlignConfig, AlignModel
 
     tokenizer = _tokenizer()
-    vocab = tokenizer.get_vocab()
-    text = dict(
-        vocab_size=len(vocab),
-        hidden_size=width,
-        intermediate_size=2 * width,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        max_position_embeddings=32,
-        pad_token_id=vocab["<pad>"],
-        initializer_range=0.2,  # as make_blip_model's: at 0.02 a random BERT's [CLS] is the same for every caption
-    )
+    # initializer_range as make_blip_model's: at 0.02 a random BERT's [CLS] is the same for every caption
+    text = _tiny_text_config(tokenizer.get_vocab(), width, layers, 32, initializer_range=0.2)
     vision = dict(image_size=32, width_coefficient=0.1, depth_coefficient=0.1, hidden_dim=64)
     torch.manual_seed(seed)
     config = AlignConfig(text_config=text, vision_config=vision, projection_dim=embed_dim, initializer_range=0.2)
