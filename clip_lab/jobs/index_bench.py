@@ -306,9 +306,10 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def print_table(result: dict[str, Any]) -> None:
-    table = [HEADERS, *rows(result)]
-    widths = [max(len(r[i]) for r in table) for i in range(len(HEADERS))]
-    for r in table:
-        print("  " + "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    """The table on stdout, columns aligned, then what was skipped."""
+    from clip_lab.report.tables import text_table
+
+    for line in text_table(HEADERS, rows(result), left=(0, 1)):
+        print(line)
     for s in result["skipped"]:
         print(f"  skipped: {s}")

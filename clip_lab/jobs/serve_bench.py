@@ -399,10 +399,9 @@ def markdown(result: dict[str, Any]) -> str:
 
 def print_table(result: dict[str, Any]) -> None:
     """The table on stdout, columns aligned, then what was skipped."""
-    table = [HEADERS, *rows(result)]
-    widths = [max(len(r[i]) for r in table) for i in range(len(HEADERS))]
-    for r in table:
-        cells = [c.ljust(w) if i in (0, 1, len(HEADERS) - 1) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))]
-        print("  " + "  ".join(cells).rstrip())
+    from clip_lab.report.tables import text_table
+
+    for line in text_table(HEADERS, rows(result), left=(0, 1, len(HEADERS) - 1)):
+        print(line)
     for s in result["skipped"]:
         print(f"  skipped: {s}")

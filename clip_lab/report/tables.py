@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from clip_lab.eval.metrics import TABLE_KEYS
@@ -13,6 +13,17 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     lines = ["| " + " | ".join(headers) + " |", "|" + " --- |" * len(headers)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: Collection[int]) -> list[str]:
+    """The table as lines for a terminal: columns padded to their widest cell, the columns `left` left-aligned and the
+    others right-aligned (numbers), two spaces between and before them."""
+    table = [list(headers), *map(list, rows)]
+    widths = [max(len(r[i]) for r in table) for i in range(len(headers))]
+    return [
+        ("  " + "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))).rstrip()
+        for r in table
+    ]
 
 
 def latex_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], caption: str, label: str) -> str:
