@@ -13,7 +13,7 @@ from torch import Tensor
 
 from clip_lab.data.split import CaptionedSplit
 from clip_lab.files import load_cache, name_slug, save_torch
-from clip_lab.models.text import TextEncoder, text_model_fingerprint
+from clip_lab.models.pretrained import FrozenText, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def caption_cache_path(cache_dir: str | Path, split: CaptionedSplit, text_model:
 
 def expected_meta(split: CaptionedSplit, text_model: str, max_length: int) -> dict[str, Any]:
     """Everything the cached embeddings depend on; a cache whose metadata differs is stale and gets rebuilt."""
-    encoder = {"text_model": text_model, "text_model_fingerprint": text_model_fingerprint(text_model)}
+    encoder = {"text_model": text_model, "text_model_fingerprint": fingerprint(text_model)}
     return _meta(split, encoder | {"max_length": max_length})
 
 
@@ -62,7 +62,7 @@ def load_caption_cache(path: Path, meta: dict[str, Any], split: CaptionedSplit) 
 
 
 def build_caption_cache(
-    split: CaptionedSplit, encoder: TextEncoder, path: Path, meta: dict[str, Any], batch_size: int = 1024
+    split: CaptionedSplit, encoder: FrozenText, path: Path, meta: dict[str, Any], batch_size: int = 1024
 ) -> None:
     """Embed every caption of `split` and write the cache atomically (float16 embeddings, ids, `meta`)."""
     t0 = time.perf_counter()
@@ -91,7 +91,7 @@ def ensure_caption_cache(
     cache_dir: str | Path,
     text_model: str,
     max_length: int,
-    encoder: Callable[[], TextEncoder],
+    encoder: Callable[[], FrozenText],
     batch_size: int = 1024,
 ) -> Path:
     """The path of the split's valid caption cache, built first (with `encoder()`, called only then) if needed."""

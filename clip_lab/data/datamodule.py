@@ -23,7 +23,8 @@ from clip_lab.data.protocols import Protocol, resolve_protocol
 from clip_lab.data.sampling import PairBatchSampler, Pairs
 from clip_lab.data.split import CaptionedSplit
 from clip_lab.errors import ClipLabError
-from clip_lab.models.text import DEFAULT_TEXT_MODEL, TextEncoder, text_embed_dim
+from clip_lab.models import pretrained
+from clip_lab.models.text import DEFAULT_TEXT_MODEL
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,8 @@ class RetrievalData(L.LightningDataModule):
             COCO 2014 or 2017: `<split>/` image folders, `annotations/captions_<split>.json`), "coco_karpathy"
             (`dataset_coco.json`), "flickr8k" (the official text files), "flickr8k_karpathy", "flickr30k".
         data_root: the folder holding the dataset's files.
-        text_model: Hugging Face id or local directory of the frozen CLIP text tower that embeds the captions
+        text_model: the pretrained model whose frozen text tower embeds the captions: a Hugging Face id or folder
+            (`hf:` optional) of CLIP, SigLIP, BLIP or ALIGN, or an OpenCLIP model (`open_clip:ViT-B-32:openai`)
             (unused when the text encoder is trained: `text_encoder`).
         max_length: token limit of the text encoder (CLIP's context is 77).
         cache_dir: where the caption caches are written.
@@ -114,8 +116,8 @@ class RetrievalData(L.LightningDataModule):
             raise ClipLabError("augmentation out of range: need 0 < crop_scale <= 1, 0 <= flip <= 1, 0 <= jitter < 1")
         self.protocol: Protocol = resolve_protocol(protocol, dataset, test_split)
         check_dataset_files(dataset, data_root, self.split_names())  # fail before any work
-        # the text side's width (linked to model.embed_dim); reading CLIP's config fails fast when it cannot be found
-        self.embed_dim = text_embed_dim(text_model) if text_encoder is None else TRAINED_TEXT_DIM
+        # the text side's width (linked to model.embed_dim); reading the model's config fails fast when it cannot be found
+        self.embed_dim = pretrained.embed_dim(text_model) if text_encoder is None else TRAINED_TEXT_DIM
         self.splits: dict[str, CaptionedSplit] = {}
         self.embeddings: dict[str, Tensor] = {}
         self.tokenizer: Tokenizer | None = None
@@ -151,7 +153,7 @@ class RetrievalData(L.LightningDataModule):
         hp = self.hparams
         device = "cuda" if torch.cuda.is_available() else "cpu"
         encoder = functools.cache(
-            lambda: TextEncoder(hp.text_model, hp.max_length).to(device)
+            lambda: pretrained.text_encoder(hp.text_model, hp.max_length).to(device)
         )  # loaded once, if needed
         self._usable.clear()  # the caches may be rebuilt below
         for name in self.split_names():

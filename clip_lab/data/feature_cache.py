@@ -1,4 +1,4 @@
-"""The feature cache: the frozen CLIP image tower's features of a split's images, computed once from its image cache."""
+"""The feature cache: a pretrained image tower's features of a split's images, computed once from its image cache."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import torch
 from clip_lab.data import image_cache
 from clip_lab.data.split import CaptionedSplit
 from clip_lab.files import load_cache, name_slug, save_torch
-from clip_lab.models.text import text_model_fingerprint
-from clip_lab.models.vision import ClipImageTower
+from clip_lab.models.pretrained import fingerprint, image_tower
+from clip_lab.models.vision import ImageTower
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def expected_meta(split: CaptionedSplit, model_name: str, size: int) -> dict[str
         "split": split.name,
         "image_cache": image_cache.expected_meta(split, size),  # the pixels the features were computed from
         "model": model_name,
-        "model_fingerprint": text_model_fingerprint(model_name),  # any HF dir or id, not only text towers
+        "model_fingerprint": fingerprint(model_name),
     }
 
 
@@ -58,7 +58,7 @@ def load_feature_cache(path: Path, meta: dict[str, Any]) -> dict[str, Any] | Non
 
 def build_feature_cache(
     images: np.ndarray,
-    tower: ClipImageTower,
+    tower: ImageTower,
     path: Path,
     meta: dict[str, Any],
     batch_size: int = 256,
@@ -70,6 +70,16 @@ def build_feature_cache(
     """
     device = next(tower.parameters()).device
     n = len(images)
+    side = images.shape[1] if images.ndim == 4 else 0
+    if 0 < side < tower.input_size:
+        log.warning(
+            "the image cache's squares (%d px) are smaller than %s's input (%d px) and are upsampled: set "
+            "data.cache_image_size to at least %d to give it its own resolution",
+            side,
+            tower.name,
+            tower.input_size,
+            tower.input_size,
+        )
     pooled = torch.empty(n, tower.feature_dim, dtype=torch.float16, device=device)
     embeds = torch.empty(n, tower.embed_dim, dtype=torch.float16, device=device)
 
@@ -119,8 +129,8 @@ def ensure_feature_cache(
     """`{"meta", "pooled": fp16 [n_images, feature_dim], "embeds": fp16 [n_images, embed_dim]}` of the split, on CPU.
 
     Rows follow the split's image order. The features come from the split's image cache at `cache_image_size`
-    (built first if needed, with `workers` and `max_bad` as there), never from the JPEGs; `pooled` is what CLIP's
-    visual projection consumes, `embeds` CLIP's own normalized image embedding. Rows of the images the image cache
+    (built first if needed, with `workers` and `max_bad` as there), never from the JPEGs; `pooled` is what the model's
+    image projection consumes (`ImageTower`), `embeds` the model's own normalized image embedding. Rows of the images the image cache
     skipped (`image_cache.bad_image_indices`) hold the features of a black square: callers skip them. A valid cache
     file is loaded as is; a missing, stale or unreadable one is rebuilt on `device`.
     """
@@ -131,6 +141,6 @@ def ensure_feature_cache(
     cache = load_feature_cache(path, meta)
     if cache is None:
         log.info("building the feature cache of %s with %s -> %s", split.name, model_name, path)
-        tower = ClipImageTower(model_name).to(device)
+        tower = image_tower(model_name).to(device)
         cache = build_feature_cache(images, tower, path, meta, batch_size)
     return cache

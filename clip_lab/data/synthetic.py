@@ -270,6 +270,7 @@ def make_clip_model(
 TINY_VIT = dict(
     hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=32, patch_size=8
 )
+TINY_SQUARE = {"height": 32, "width": 32}  # their image processors' resize
 
 
 def _tiny_text_config(vocab: dict[str, int], width: int, layers: int, max_length: int, **extra: Any) -> dict:
@@ -293,20 +294,22 @@ def make_siglip_model(path: Path, seed: int = 0, width: int = 64, layers: int = 
     text tower for the tests (`SiglipTextModel` and `AutoConfig` take the folder as they take Google's). SigLIP's own
     tokenizer is a SentencePiece model; the tower reads whatever ids its tokenizer gives."""
     import torch
-    from transformers import SiglipConfig, SiglipModel
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
 
     tokenizer = _tokenizer()
     text = _tiny_text_config(tokenizer.get_vocab(), width, layers, max_length)
     torch.manual_seed(seed)
-    SiglipModel(SiglipConfig(text_config=text, vision_config=TINY_VIT)).save_pretrained(path)
+    vision = TINY_VIT | {"hidden_size": width, "intermediate_size": 2 * width}  # both towers embed `width` wide
+    SiglipModel(SiglipConfig(text_config=text, vision_config=vision)).save_pretrained(path)
     tokenizer.save_pretrained(path)
+    SiglipImageProcessor(size=TINY_SQUARE).save_pretrained(path)  # Google's: squash to the side, mean = std = 0.5
 
 
 def make_blip_model(path: Path, seed: int = 0, width: int = 64, layers: int = 2, embed_dim: int = 40) -> None:
     """Save a randomly initialized small BLIP retrieval model (`BlipForImageTextRetrieval`: the architecture of
     Salesforce/blip-itm-base-coco) with the demo's tokenizer to `path`: a BLIP text tower for the tests."""
     import torch
-    from transformers import BlipConfig, BlipForImageTextRetrieval
+    from transformers import BlipConfig, BlipForImageTextRetrieval, BlipImageProcessor
 
     tokenizer = _tokenizer()
     vocab = tokenizer.get_vocab()
@@ -330,22 +333,59 @@ def make_blip_model(path: Path, seed: int = 0, width: int = 64, layers: int = 2,
     torch.manual_seed(seed)
     BlipForImageTextRetrieval(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
+    BlipImageProcessor(size=TINY_SQUARE).save_pretrained(path)  # Salesforce's: squash to the side, CLIP's mean and std
 
 
-def make_align_model(path: Path, seed: int = 0, width: int = 64, layers: int = 2, embed_dim: int = 40) -> None:
+def make_align_model(path: Path, seed: int = 0, width: int = 64, layers: int = 2) -> None:
     """Save a randomly initialized small ALIGN (`AlignModel`: kakaobrain/align-base's architecture, a BERT text tower
-    and a shrunken EfficientNet) with the demo's tokenizer to `path`: an ALIGN text tower for the tests."""
+    and a shrunken EfficientNet) with the demo's tokenizer to `path`. Its embeddings are 32 wide: the shrunken
+    EfficientNet's pooled width, which the text projection maps to (640 both in kakaobrain's)."""
     import torch
-    from transformers import AlignConfig, AlignModel
+    from transformers import AlignConfig, AlignModel, EfficientNetImageProcessor
 
     tokenizer = _tokenizer()
     # initializer_range as make_blip_model's: at 0.02 a random BERT's [CLS] is the same for every caption
     text = _tiny_text_config(tokenizer.get_vocab(), width, layers, 32, initializer_range=0.2)
     vision = dict(image_size=32, width_coefficient=0.1, depth_coefficient=0.1, hidden_dim=64)
     torch.manual_seed(seed)
-    config = AlignConfig(text_config=text, vision_config=vision, projection_dim=embed_dim, initializer_range=0.2)
+    config = AlignConfig(text_config=text, vision_config=vision, projection_dim=32, initializer_range=0.2)
     AlignModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
+    # EfficientNet's processor with every step it has on: resize, centre crop, levels to [-1, 1], the std twice
+    EfficientNetImageProcessor(
+        size=TINY_SQUARE,
+        crop_size={"height": 24, "width": 24},  # convolutional: any input size, pooled to one vector
+        do_center_crop=True,
+        rescale_factor=1 / 127.5,
+        rescale_offset=True,
+        include_top=True,
+    ).save_pretrained(path)
+
+
+def make_open_clip_model(
+    path: Path, seed: int = 0, width: int = 32, embed_dim: int = 48, context_length: int = 32, resize_mode: str = "shortest"
+) -> dict:
+    """Save a randomly initialized small OpenCLIP model (`open_clip.model.CLIP`: a ViT and OpenAI's BPE text tower)
+    to `path` as open_clip's own `local-dir:` folder holds one (open_clip_config.json, open_clip_model.safetensors);
+    return its model config. Load it as `open_clip:local-dir:<path>`."""
+    import open_clip
+    import torch
+    from open_clip.push_to_hf_hub import save_config_for_hf
+    from safetensors.torch import save_file
+
+    config = {
+        "embed_dim": embed_dim,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": width, "head_width": 8, "patch_size": 8},
+        "text_cfg": {"context_length": context_length, "vocab_size": 49408, "width": width, "heads": 4, "layers": 2},
+    }
+    torch.manual_seed(seed)
+    model = open_clip.model.CLIP(**config)
+    preprocess = {"size": 32, "mean": (0.5, 0.4, 0.3), "std": (0.2, 0.25, 0.3), "interpolation": "bicubic"}
+    open_clip.model.set_model_preprocess_cfg(model, preprocess | {"mode": "RGB", "resize_mode": resize_mode})
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(model.state_dict(), str(path / "open_clip_model.safetensors"))
+    save_config_for_hf(model, path / "open_clip_config.json", model_config=config)
+    return config
 
 
 def make_bert_model(path: Path, seed: int = 0, width: int = 64, layers: int = 2, vocab_size: int | None = None) -> None:

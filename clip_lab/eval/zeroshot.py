@@ -6,13 +6,15 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 import torch.nn.functional as F
 import yaml
 from torch import Tensor
 
 from clip_lab.errors import ClipLabError
 from clip_lab.files import CONFIGS
-from clip_lab.models.text import TextEncoder, knows_no_word
+from clip_lab.models.pretrained import FrozenText
+from clip_lab.models.text import knows_no_word
 from clip_lab.models.text_towers import TextTower
 
 TEMPLATES = CONFIGS / "prompts.yaml"
@@ -61,7 +63,7 @@ def check_classes(classes: Sequence[str] | None) -> list[str]:
     return names
 
 
-def class_embeddings(encoder: TextEncoder | TextTower, classes: Sequence[str], templates: Sequence[str]) -> Tensor:
+def class_embeddings(encoder: FrozenText | TextTower, classes: Sequence[str], templates: Sequence[str]) -> Tensor:
     """`[n_classes, dim]`: each class the normalized mean of its prompts' normalized embeddings (CLIP's ensembling)."""
     prompts = [t.replace("{}", c) for c in classes for t in templates]
     emb = encoder.encode(prompts).float().cpu().view(len(classes), len(templates), -1)
@@ -73,8 +75,12 @@ def class_scores(image_emb: Tensor, class_emb: Tensor) -> Tensor:
     return image_emb.float() @ class_emb.float().T
 
 
-def class_probabilities(scores: Tensor, logit_scale: float) -> Tensor:
-    """Softmax over classes of `logit_scale * cosine`: the temperature the model learned in training."""
+def class_probabilities(scores: Tensor, logit_scale: float, logit_bias: float | None = None) -> Tensor:
+    """The model's own probabilities of each class: a softmax over classes of `logit_scale * cosine` (the temperature
+    it learned), or for a model trained with a sigmoid loss and a bias (SigLIP), each class's own
+    `sigmoid(logit_scale * cosine + logit_bias)` (they need not sum to 1)."""
+    if logit_bias is not None:
+        return torch.sigmoid(logit_scale * scores + logit_bias)
     return (logit_scale * scores).softmax(dim=-1)
 
 
@@ -84,7 +90,7 @@ def top_classes(scores: Tensor, tol: float = TIE_TOL) -> list[list[int]]:
     return [row.nonzero().flatten().tolist() for row in scores >= best - tol]
 
 
-def warn_unknown_words(encoder: TextEncoder | TextTower, classes: Sequence[str], templates: Sequence[str]) -> dict:
+def warn_unknown_words(encoder: FrozenText | TextTower, classes: Sequence[str], templates: Sequence[str]) -> dict:
     """Warn about class-name and template words the text encoder reads as its unknown token; return them by class.
 
     A class none of whose words is known embeds as its templates around unknown tokens, whatever its name says: it

@@ -415,7 +415,7 @@ def bench_features(args: argparse.Namespace, data_root: Path, device: torch.devi
     from clip_lab.data import feature_cache, image_cache
     from clip_lab.data.coco import load_coco_split
     from clip_lab.data.synthetic import make_clip_model
-    from clip_lab.models.vision import ClipImageTower
+    from clip_lab.models.vision import HFImageTower
 
     model = data_root / "clip_vit_b32_shape"
     if not (model / "config.json").is_file():
@@ -428,7 +428,7 @@ def bench_features(args: argparse.Namespace, data_root: Path, device: torch.devi
     split = load_coco_split(data_root, "train2014")
     cache = data_root / "cache"
     images = image_cache.ensure_image_cache(cache, split, args.cache_image_size, device, args.workers)
-    tower = ClipImageTower(str(model)).to(device)
+    tower = HFImageTower(str(model)).to(device)
     meta = feature_cache.expected_meta(split, str(model), args.cache_image_size)
     path = feature_cache.feature_cache_path(cache, split, str(model), args.cache_image_size)
     _sync(device)

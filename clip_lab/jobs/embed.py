@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
     ckpt = load_checkpoint(args)
     retriever = Retriever(ckpt, args.split)
     meta = {
-        "checkpoint": str(ckpt.path),
+        "checkpoint": ckpt.name,
         "checkpoint_sha256": ckpt.sha256,
         "note": "rows are L2-normalized: cosine similarity is the dot product",
     }

@@ -1,8 +1,10 @@
-"""Inference for the zeroshot, search and embed jobs: a checkpoint with its data settings, embeddings, galleries."""
+"""Inference for the zeroshot, search, embed and serve jobs: a trained checkpoint or a pretrained model (`hf:...`,
+`open_clip:...`) with its data settings, embeddings, galleries."""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import inspect
 import logging
 import math
@@ -23,7 +25,10 @@ from clip_lab.data.datamodule import RetrievalData
 from clip_lab.data.split import CaptionedSplit
 from clip_lab.errors import ClipLabError
 from clip_lab.files import atomic_path, load_cache, save_torch, sha256_file
-from clip_lab.models.text import TextEncoder
+from clip_lab.data.feature_cache import ensure_feature_cache, feature_cache_path
+from clip_lab.files import name_slug
+from clip_lab.models import pretrained
+from clip_lab.models.pretrained import FrozenText, PretrainedModel
 from clip_lab.models.text_towers import TextTower
 from clip_lab.train.module import ClipLab
 
@@ -44,16 +49,44 @@ DATA_FLAGS = {
 }
 
 
+CKPT_HELP = (
+    "checkpoint of a fit run (results/<run>/checkpoints/best.ckpt), or a pretrained model: hf:<hub id or folder> "
+    "(CLIP, SigLIP, BLIP, ALIGN) or open_clip:<arch>:<pretrained tag or file>"
+)
+
+
 def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
-    """--ckpt_path, --device, --batch_size, and one flag per data setting (default: the checkpoint's own)."""
-    parser.add_argument(
-        "--ckpt_path", required=True, help="checkpoint of a fit run: results/<run>/checkpoints/best.ckpt"
-    )
+    """--ckpt_path, --device, --batch_size, -c/--config, and one flag per data setting (default: the checkpoint's)."""
+    parser.add_argument("--ckpt_path", required=True, help=CKPT_HELP)
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--batch_size", type=int, default=256, help="images per forward pass")
+    add_data_args(parser)
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    """-c/--config (a pretrained model's data settings) and one flag per data setting."""
+    parser.add_argument(
+        "-c",
+        "--config",
+        action="append",
+        default=None,
+        help="a pretrained model's data settings: the data section of fit configs, stacked in order (a trained "
+        "checkpoint carries its own)",
+    )
     group = parser.add_argument_group("data settings (default: those the checkpoint was trained with)")
     for name, kind in DATA_FLAGS.items():
         group.add_argument(f"--{name}", type=kind, default=None)
+
+
+def config_settings(configs: Sequence[str] | None) -> dict[str, Any]:
+    """The `data:` section of stacked fit configs (later files winning), as `baselines` reads them."""
+    import yaml
+
+    settings: dict[str, Any] = {}
+    for config in configs or ():
+        path = require_file(config, "config file", "pass a fit config, e.g. configs/coco.yaml")
+        settings |= (yaml.safe_load(path.read_text()) or {}).get("data") or {}
+    return settings
 
 
 def require_file(path: str | Path, what: str, fix: str) -> Path:
@@ -68,48 +101,91 @@ def require_file(path: str | Path, what: str, fix: str) -> Path:
 class Checkpoint:
     """A trained model ready for inference, with the data settings it was trained with (overridden by flags)."""
 
-    path: Path
+    path: Path  # the .ckpt file, or the pretrained model's name
     sha256: str  # names and validates the caches derived from this checkpoint's weights
-    model: ClipLab
+    model: ClipLab | PretrainedModel
     data: dict[str, Any]  # RetrievalData settings
     device: torch.device
     batch_size: int
 
     @property
+    def pretrained(self) -> bool:
+        return isinstance(self.model, PretrainedModel)
+
+    @property
+    def name(self) -> str:
+        """The checkpoint file, or the pretrained model's name."""
+        return self.model.name if self.pretrained else str(self.path)
+
+    @property
     def run_dir(self) -> Path:
-        """`results/<run>` for `results/<run>/checkpoints/x.ckpt`; the checkpoint's folder otherwise."""
+        """`results/<run>` for `results/<run>/checkpoints/x.ckpt`; the checkpoint's folder otherwise; for a pretrained
+        model, `results/pretrained/<its name>`."""
+        if self.pretrained:
+            return Path("results") / "pretrained" / name_slug(self.model.name)
         parent = self.path.parent
         return parent.parent if parent.name == "checkpoints" else parent
 
     @property
+    def embed_dim(self) -> int:
+        return self.model.embed_dim
+
+    @property
     def logit_scale(self) -> float:
-        """The learned inverse temperature: logits are `logit_scale * cosine`, as in training."""
-        return float(self.model.logit_scale.detach().exp())
+        """The inverse temperature: zero-shot logits are `logit_scale * cosine` (+ `logit_bias`), as in training."""
+        return self.model.zero_shot_scale()[0]
+
+    @property
+    def logit_bias(self) -> float | None:
+        """The model's logit bias (SigLIP: class probabilities are sigmoids), or None (a softmax over classes)."""
+        return self.model.zero_shot_scale()[1]
 
 
 def load_checkpoint(args: argparse.Namespace) -> Checkpoint:
     """`open_checkpoint` of a job's `add_checkpoint_args` options."""
-    flags = {n: getattr(args, n) for n in DATA_FLAGS if getattr(args, n, None) is not None}
-    return open_checkpoint(args.ckpt_path, args.device, args.batch_size, **flags)
+    return open_checkpoint(args.ckpt_path, args.device, args.batch_size, args.config, **data_flags(args))
+
+
+def data_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The data settings given as flags (`add_data_args`)."""
+    return {n: getattr(args, n) for n in DATA_FLAGS if getattr(args, n, None) is not None}
 
 
 def open_checkpoint(
-    ckpt_path: str | Path, device: str | torch.device | None = None, batch_size: int = 256, **data: Any
+    ckpt_path: str | Path,
+    device: str | torch.device | None = None,
+    batch_size: int = 256,
+    config: Sequence[str] | None = None,
+    **data: Any,
 ) -> Checkpoint:
     """The model of `ckpt_path` in eval mode on `device` (default: cuda when available), with its datamodule settings
     under the overrides in `data` (DATA_FLAGS). Only the weights are read: the optimizer state a best.ckpt leaves out
-    is never needed."""
+    is never needed.
+
+    `ckpt_path` may instead name a pretrained model (`hf:...`, `open_clip:...`: `models.pretrained`): its own towers
+    then embed images and texts, with the data settings of the fit configs in `config` (default: RetrievalData's).
+    """
     unknown = set(data) - set(DATA_FLAGS)
     if unknown:
         raise ClipLabError(f"unknown data settings {sorted(unknown)}: the ones inference reads are {list(DATA_FLAGS)}")
-    path = require_file(
-        ckpt_path,
-        "checkpoint",
-        "pass a .ckpt written by `python -m clip_lab fit`, e.g. results/<run>/checkpoints/best.ckpt",
-    )
+    if batch_size < 1:
+        raise ClipLabError(f"--batch_size must be at least 1, not {batch_size}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ClipLabError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    if pretrained.is_pretrained_name(str(ckpt_path)):
+        return open_pretrained(str(ckpt_path), device, batch_size, config_settings(config), data)
+    if config:
+        raise ClipLabError(
+            f"{ckpt_path} carries its own data settings: --config is for a pretrained model (hf:..., open_clip:...); "
+            "change one setting with its flag (e.g. --data_root)"
+        )
+    path = require_file(
+        ckpt_path,
+        "checkpoint",
+        "pass a .ckpt written by `python -m clip_lab fit`, e.g. results/<run>/checkpoints/best.ckpt, "
+        "or a pretrained model's name (hf:<id or folder>, open_clip:<arch>:<tag>)",
+    )
     try:
         stored = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("datamodule_hyper_parameters")
         # weights=None, text_pretrained=False: the trained weights come from the checkpoint; never download
@@ -124,18 +200,36 @@ def open_checkpoint(
         ) from e
     model.eval()
     model.to_fast_layout()
+    stored = {k: v for k, v in (stored or {}).items() if not k.startswith("_")}
+    return Checkpoint(path, sha256_file(path), model, settings(stored, data), device, batch_size)
+
+
+def open_pretrained(
+    name: str, device: torch.device, batch_size: int, configured: dict[str, Any], data: dict[str, Any]
+) -> Checkpoint:
+    """A pretrained model as a Checkpoint: its image tower embeds whole cached squares, its text tower (the data's
+    `text_model`, set to it) the queries and captions; its caches are the feature and caption caches `baselines` and
+    `fit` use."""
+    if configured.get("text_encoder") is not None or data.get("text_model") not in (None, name):
+        raise ClipLabError(f"{name} embeds texts with its own text tower: leave text_model and text_encoder unset")
+    model = PretrainedModel(name).to(device).eval()
+    data = settings(configured, data) | {"text_model": name, "text_encoder": None}
+    data["image_size"] = data["cache_image_size"]  # it sees the whole square (model_view shows what it sees)
+    digest = hashlib.sha256(pretrained.fingerprint(name).encode()).hexdigest()
+    return Checkpoint(Path(name), digest, model, data, device, batch_size)
+
+
+def settings(base: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
+    """RetrievalData's defaults under `base` (a checkpoint's stored settings, or configs) under the given flags."""
     defaults = {
         n: p.default for n, p in inspect.signature(RetrievalData).parameters.items() if p.default is not p.empty
     }
-    flags = {n: v for n, v in data.items() if v is not None}
-    data = defaults | {k: v for k, v in (stored or {}).items() if not k.startswith("_")} | flags
+    data = defaults | base | {n: v for n, v in flags.items() if v is not None}
     if not 0 < data["image_size"] <= data["cache_image_size"]:
         raise ClipLabError(
             f"image_size {data['image_size']} must be positive and at most cache_image_size {data['cache_image_size']}"
         )
-    if batch_size < 1:
-        raise ClipLabError(f"--batch_size must be at least 1, not {batch_size}")
-    return Checkpoint(path, sha256_file(path), model, data, device, batch_size)
+    return data
 
 
 def reason(e: BaseException | None) -> str:
@@ -146,16 +240,16 @@ def reason(e: BaseException | None) -> str:
     return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
-def text_encoder(ckpt: Checkpoint) -> TextEncoder | TextTower:
+def text_encoder(ckpt: Checkpoint) -> FrozenText | TextTower:
     """The text encoder that built the checkpoint's training targets, on the checkpoint's device: the one trained
-    with it (in the checkpoint), or the frozen CLIP tower its data named."""
+    with it (in the checkpoint), or the frozen tower its data named (a pretrained model's own)."""
     if ckpt.model.text_tower is not None:
         return ckpt.model.text_tower
-    encoder = TextEncoder(ckpt.data["text_model"], ckpt.data["max_length"]).to(ckpt.device)
-    if encoder.dim != ckpt.model.hparams.embed_dim:
+    encoder = pretrained.text_encoder(ckpt.data["text_model"], ckpt.data["max_length"]).to(ckpt.device)
+    if encoder.dim != ckpt.embed_dim:
         raise ClipLabError(
             f"text model {ckpt.data['text_model']} embeds into {encoder.dim} dimensions, the "
-            f"checkpoint's image tower into {ckpt.model.hparams.embed_dim}; pass the --text_model "
+            f"checkpoint's image tower into {ckpt.embed_dim}; pass the --text_model "
             "it was trained with"
         )
     return encoder
@@ -194,20 +288,21 @@ def model_view(square: np.ndarray, image_size: int) -> np.ndarray:
 
 @torch.no_grad()
 def embed_images(ckpt: Checkpoint, squares: np.ndarray, progress: bool = False) -> Tensor:
-    """uint8 `[N, S, S, 3]` squares (as the image cache holds) -> float32 `[N, dim]` CPU embeddings of centre crops."""
+    """uint8 `[N, S, S, 3]` squares (as the image cache holds) -> float32 `[N, dim]` CPU embeddings: of centre crops
+    for a trained model, of the whole squares through the family's preprocessing for a pretrained one."""
     cuda = ckpt.device.type == "cuda"
     starts = range(0, len(squares), ckpt.batch_size)
     if progress:
         from tqdm.auto import tqdm
 
         starts = tqdm(starts, desc="embedding images", unit="batch", disable=None)
-    out = [torch.empty(0, ckpt.model.hparams.embed_dim)]
+    out = [torch.empty(0, ckpt.embed_dim)]
     for s in starts:
         batch = torch.from_numpy(np.array(squares[s : s + ckpt.batch_size])).to(
             ckpt.device
         )  # a copy: memmaps are read-only
         with torch.autocast(ckpt.device.type, dtype=torch.bfloat16, enabled=cuda):  # the precision fit tests with
-            out.append(ckpt.model(center_crop(batch, ckpt.data["image_size"])).float().cpu())
+            out.append(ckpt.model.embed_squares(batch, ckpt.data["image_size"]).float().cpu())
     return torch.cat(out)
 
 
@@ -233,8 +328,24 @@ def image_gallery(ckpt: Checkpoint, split: CaptionedSplit) -> tuple[Tensor, np.n
     Images the image cache skipped (unreadable or absent) are left out, as in training and evaluation.
 
     Computed once per checkpoint (by content hash), split and image size, from the split's image cache (built if
-    missing), and stored under cache_dir with what it depends on; a cache whose metadata differs is rebuilt.
+    missing), and stored under cache_dir with what it depends on; a cache whose metadata differs is rebuilt. A
+    pretrained model's gallery is its feature cache's image embeddings: those of the `baselines` zero-shot row.
     """
+    hp = ckpt.data
+    size = hp["cache_image_size"]
+    if ckpt.pretrained:
+        features = ensure_feature_cache(
+            split, hp["cache_dir"], size, ckpt.name, ckpt.device, ckpt.batch_size, hp["num_workers"], hp["max_bad_images"]
+        )
+        emb = features["embeds"].float()
+        path = feature_cache_path(hp["cache_dir"], split, ckpt.name, size)
+    else:
+        emb, path = _checkpoint_gallery(ckpt, split)
+    usable = np.setdiff1d(np.arange(len(emb)), image_cache.bad_image_indices(hp["cache_dir"], split, size))
+    return emb[torch.from_numpy(usable)], usable, path
+
+
+def _checkpoint_gallery(ckpt: Checkpoint, split: CaptionedSplit) -> tuple[Tensor, Path]:
     hp = ckpt.data
     size = hp["cache_image_size"]
     path = split.cache_file(hp["cache_dir"], "gallery", size, f"crop{hp['image_size']}", ckpt.sha256[:16])
@@ -243,7 +354,7 @@ def image_gallery(ckpt: Checkpoint, split: CaptionedSplit) -> tuple[Tensor, np.n
         "checkpoint_sha256": ckpt.sha256,
         "image_size": hp["image_size"],
         "image_cache": image_cache.expected_meta(split, size),
-        "dim": ckpt.model.hparams.embed_dim,
+        "dim": ckpt.embed_dim,
     }
     emb = _load_gallery(path, meta)
     if emb is None:
@@ -256,8 +367,7 @@ def image_gallery(ckpt: Checkpoint, split: CaptionedSplit) -> tuple[Tensor, np.n
         log.info("image gallery %s: %d images embedded in %.1f s", path, len(emb), time.perf_counter() - t0)
     else:
         log.info("image gallery %s: reused", path)
-    usable = np.setdiff1d(np.arange(len(emb)), image_cache.bad_image_indices(hp["cache_dir"], split, size))
-    return emb[torch.from_numpy(usable)], usable, path
+    return emb, path
 
 
 def caption_gallery(ckpt: Checkpoint, split: CaptionedSplit) -> tuple[Tensor, Path]:

@@ -1,4 +1,5 @@
-"""The Python API over one trained checkpoint: text and image search of a split, zero-shot classification, embeddings.
+"""The Python API over one trained checkpoint or pretrained model: text and image search of a split, zero-shot
+classification, embeddings.
 
 The `search`, `zeroshot` and `serve` jobs are thin layers over `Retriever`:
 
@@ -10,6 +11,8 @@ The `search`, `zeroshot` and `serve` jobs are thin layers over `Retriever`:
     r.search_image("photo.jpg", k=5, target="captions")         # CaptionMatch records (or target="images")
     r.classify("photo.jpg", ["circle", "square", "triangle"])   # Classification: predicted, probabilities
     r.embed_texts(["a red circle"]), r.embed_images(["photo.jpg"])  # unit rows, float32 [n, dim]
+
+    p = Retriever.load("hf:openai/clip-vit-base-patch32", config=["configs/coco.yaml"])  # a pretrained model, same API
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from clip_lab.jobs.infer import (
     reason,
     text_encoder,
 )
-from clip_lab.models.text import TextEncoder
+from clip_lab.models.pretrained import FrozenText
 from clip_lab.models.text_towers import TextTower
 
 # an image to embed: a PIL image, an image file, or an encoded image's bytes (JPEG, PNG, ...)
@@ -84,7 +87,8 @@ class Classification:
 
     predicted: str | None
     tied: list[str]
-    probabilities: dict[str, float]  # softmax over the classes of logit_scale x cosine, the model's own temperature
+    # the model's own: a softmax over the classes of logit_scale x cosine, or SigLIP's sigmoid with its bias
+    probabilities: dict[str, float]
     scores: dict[str, float]  # cosine of the image and each class's prompt ensemble
 
 
@@ -127,7 +131,8 @@ def normalized(text: str) -> str:
 
 
 class Retriever:
-    """A trained checkpoint with its data settings, loaded once, and the galleries of one split, embedded once.
+    """A trained checkpoint (or a pretrained model) with its data settings, loaded once, and the galleries of one
+    split, embedded once.
 
     Galleries come from the same caches the `search` job builds and reuses (`infer.image_gallery` and
     `infer.caption_gallery`), built on first use; query embeddings of repeated texts are kept. Every method is
@@ -139,7 +144,7 @@ class Retriever:
         ckpt: Checkpoint,
         split: str | CaptionedSplit | None = None,
         index: IndexSpec | str = "exact",
-        encoder: TextEncoder | TextTower | None = None,
+        encoder: FrozenText | TextTower | None = None,
     ):
         """`split`: the gallery (default: the checkpoint's test split); `encoder`: the text encoder queries go through
         (default: the one that built the checkpoint's training targets)."""
@@ -162,11 +167,13 @@ class Retriever:
         index: IndexSpec | str = "exact",
         device: str | None = None,
         batch_size: int = 256,
+        config: Sequence[str] | None = None,
         **data: Any,
     ) -> Retriever:
-        """A Retriever of the checkpoint file; `split` (default: the checkpoint's test split) is the gallery, `data`
-        overrides the checkpoint's data settings (`data_root`, `cache_dir`, ...: infer.DATA_FLAGS)."""
-        return cls(open_checkpoint(ckpt_path, device, batch_size, **data), split, index)
+        """A Retriever of the checkpoint file or pretrained model name (`hf:...`, `open_clip:...`); `split` (default:
+        the test split) is the gallery, `data` overrides the data settings (`data_root`, `cache_dir`, ...:
+        infer.DATA_FLAGS); a pretrained model's come from the fit configs in `config` (infer.open_checkpoint)."""
+        return cls(open_checkpoint(ckpt_path, device, batch_size, config, **data), split, index)
 
     # -- what it holds -------------------------------------------------------------------------------------------------
     @cached_property
@@ -177,7 +184,7 @@ class Retriever:
         return open_split(self.ckpt, self._split or self.ckpt.data["test_split"])
 
     @cached_property
-    def encoder(self) -> TextEncoder | TextTower:
+    def encoder(self) -> FrozenText | TextTower:
         """The text encoder that built the checkpoint's training targets (loaded once)."""
         return text_encoder(self.ckpt)
 
@@ -277,7 +284,7 @@ class Retriever:
         """float32 `[len(images), dim]` unit rows on the CPU, decoded and cropped as the gallery's images are; a
         batch of `batch_size` decoded at a time."""
         size, step = self.ckpt.data["cache_image_size"], self.ckpt.batch_size
-        chunks = [torch.empty(0, self.ckpt.model.hparams.embed_dim)]
+        chunks = [torch.empty(0, self.ckpt.embed_dim)]
         for s in range(0, len(images), step):
             chunks.append(self.embed_squares(np.stack([to_square(image, size) for image in images[s : s + step]])))
         return torch.cat(chunks)
@@ -386,7 +393,7 @@ class Retriever:
         """Zero-shot classes of each row of `[n, dim]` image embeddings."""
         classes = zeroshot.check_classes(classes)
         scores = zeroshot.class_scores(embeddings, self.class_embeddings(classes, templates))
-        probs = zeroshot.class_probabilities(scores, self.ckpt.logit_scale)
+        probs = zeroshot.class_probabilities(scores, self.ckpt.logit_scale, self.ckpt.logit_bias)
         out = []
         for top, s, p in zip(zeroshot.top_classes(scores), scores.tolist(), probs.tolist()):
             tied = [classes[j] for j in top] if len(top) > 1 else []

@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         result = search_captions(retriever, Path(args.image), args.k, figure)
     result |= {
-        "checkpoint": str(ckpt.path),
+        "checkpoint": ckpt.name,
         "split": split.name,
         "score": "cosine similarity",
         "json": str(out),

@@ -25,7 +25,8 @@ from PIL import Image
 from clip_lab.data import image_cache
 from clip_lab.errors import ClipLabError
 from clip_lab.eval.index import KINDS, IndexSpec
-from clip_lab.jobs.infer import DATA_FLAGS, open_checkpoint
+from clip_lab.jobs.infer import CKPT_HELP, add_data_args, data_flags, open_checkpoint
+from clip_lab.models.pretrained import is_pretrained_name, short_name
 from clip_lab.jobs.retriever import CaptionMatch, Classification, ImageMatch, Lru, NotInGallery, Retriever
 from clip_lab.options import JobParser
 
@@ -60,11 +61,16 @@ def require_fastapi() -> Any:
 
 def model_names(paths: list[str]) -> list[str]:
     """A short unique name per checkpoint: its run's folder name (`results/<run>/checkpoints/best.ckpt` -> `<run>`),
-    with the file's stem when one run gives two checkpoints, and a number after that."""
+    with the file's stem when one run gives two checkpoints, and a number after that; a pretrained model's short name
+    (`hf:google/siglip-base-patch16-224` -> `siglip-base-patch16-224`)."""
     names = []
-    for p in map(Path, paths):
-        run = p.parent.parent.name if p.parent.name == "checkpoints" else p.stem
-        name = run if run not in names else f"{run}:{p.stem}"
+    for path in paths:
+        p = Path(path)
+        if is_pretrained_name(path):
+            run = stem = short_name(path)
+        else:
+            run, stem = (p.parent.parent.name if p.parent.name == "checkpoints" else p.stem), p.stem
+        name = run if run not in names else f"{run}:{stem}"
         n = 1
         while name in names:
             n += 1
@@ -123,6 +129,7 @@ def build_app(retrievers: dict[str, Retriever], hosts: list[str] | None = None) 
         embed_dim: int
         device: str
         logit_scale: float
+        logit_bias: float | None  # SigLIP's: class probabilities are sigmoids of scale x cosine + bias
 
     class QueryInfo(BaseModel):
         text: str | None = None
@@ -328,15 +335,16 @@ def build_app(retrievers: dict[str, Retriever], hosts: list[str] | None = None) 
             out.append(
                 ModelInfo(
                     name=name,
-                    checkpoint=str(r.ckpt.path),
+                    checkpoint=r.ckpt.name,
                     dataset=r.ckpt.data["dataset"],
                     split=r.split.name,
                     images=len(r.images),
                     captions=len(r.captions),
                     index=r.images.index.describe(),
-                    embed_dim=r.ckpt.model.hparams.embed_dim,
+                    embed_dim=r.ckpt.embed_dim,
                     device=r.ckpt.device.type,
                     logit_scale=round(r.ckpt.logit_scale, 4),
+                    logit_bias=None if r.ckpt.logit_bias is None else round(r.ckpt.logit_bias, 4),
                 )
             )
         return out
@@ -462,12 +470,21 @@ def build_app(retrievers: dict[str, Retriever], hosts: list[str] | None = None) 
     return app
 
 
-def load_retrievers(paths: list[str], split: str | None, spec: IndexSpec, device: str | None, **data: Any):
-    """One Retriever per checkpoint, by model_names, with both galleries embedded (cached on disk) and the text
-    encoder warmed up, so that the first request is as fast as the others."""
+def load_retrievers(
+    paths: list[str],
+    split: str | None,
+    spec: IndexSpec,
+    device: str | None,
+    config: list[str] | None = None,
+    **data: Any,
+):
+    """One Retriever per checkpoint or pretrained model, by model_names, with both galleries embedded (cached on
+    disk) and the text encoder warmed up, so that the first request is as fast as the others. `config`: the
+    pretrained models' data settings (fit configs); a trained checkpoint carries its own."""
     retrievers = {}
     for name, path in zip(model_names(paths), paths):
-        r = Retriever(open_checkpoint(path, device, **data), split, spec)
+        configs = config if is_pretrained_name(path) else None
+        r = Retriever(open_checkpoint(path, device, 256, configs, **data), split, spec)
         t0 = time.perf_counter()
         r.warm()
         log.info(
@@ -513,17 +530,16 @@ def main(argv: list[str] | None = None) -> None:
         nargs="+",
         action="extend",
         required=True,
-        help="one or more checkpoints (repeat the flag or list them), e.g. results/baseline/checkpoints/best.ckpt "
-        "results/bn_head/checkpoints/best.ckpt: the page shows two side by side",
+        help="one or more models (repeat the flag or list them), each a " + CKPT_HELP
+        + "; e.g. results/baseline/checkpoints/best.ckpt hf:openai/clip-vit-base-patch32: the page shows two side by "
+        "side",
     )
     parser.add_argument("--split", default=None, help="gallery split (default: each checkpoint's test split)")
     parser.add_argument("--index", choices=KINDS, default="exact", help="exact, or FAISS HNSW (approximate)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (0: a free one)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    group = parser.add_argument_group("data settings (default: those each checkpoint was trained with)")
-    for name, kind in DATA_FLAGS.items():
-        group.add_argument(f"--{name}", type=kind, default=None, help=f"the checkpoint's {name} unless given")
+    add_data_args(parser)
     args = parser.parse_args(argv)
 
     if not 0 <= args.port <= 65535:
@@ -534,8 +550,7 @@ def main(argv: list[str] | None = None) -> None:
     spec = IndexSpec(args.index)
     spec.check()
     sock = listen(args.host, args.port)  # a taken port fails now, not after the models have loaded
-    data = {n: getattr(args, n) for n in DATA_FLAGS}
-    retrievers = load_retrievers(args.ckpt_path, args.split, spec, args.device, **data)
+    retrievers = load_retrievers(args.ckpt_path, args.split, spec, args.device, args.config, **data_flags(args))
     loopback = args.host in LOOPBACK
     hosts = [*LOOPBACK, "[::1]"] if loopback else None
     if not loopback:

@@ -197,7 +197,7 @@ def tower(r: Retriever) -> str:
     """What the Retriever's text encoder is, for the table: its class, where it was loaded from, its width."""
     e = r.encoder
     where = getattr(e, "name", None) or r.ckpt.model.hparams.text_encoder
-    return f"{type(e).__name__} {where} ({getattr(e, 'dim', r.ckpt.model.hparams.embed_dim)}-d)"
+    return f"{type(e).__name__} {where} ({getattr(e, 'dim', r.ckpt.embed_dim)}-d)"
 
 
 def galleries(args: argparse.Namespace, device: torch.device) -> tuple[dict[str, Retriever], dict[str, str], list]:
@@ -230,7 +230,7 @@ def galleries(args: argparse.Namespace, device: torch.device) -> tuple[dict[str,
         return retrievers, about, skipped
     split = synthetic_split(args.serve_images, Path(args.root))
     synthetic = Retriever(ckpt or untrained_checkpoint(device), split, encoder=encoder)
-    dim = encoder.dim if encoder is not None else ckpt.model.hparams.embed_dim
+    dim = encoder.dim if encoder is not None else ckpt.embed_dim
     emb = synthetic_gallery(args.serve_images, 1, dim)[0]  # gallery rows only: the queries here are texts
     synthetic.set_gallery("images", emb, np.arange(args.serve_images))
     retrievers["synthetic"] = synthetic

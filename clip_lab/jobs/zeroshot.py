@@ -168,13 +168,14 @@ def main(argv: list[str] | None = None) -> dict:
     out = unused_path(Path(args.out) if args.out else ckpt.run_dir / "zeroshot" / f"{name}.json")
     figure = out.with_suffix(".png")
     result = {
-        "checkpoint": str(ckpt.path),
+        "checkpoint": ckpt.name,
         "images": args.images,
         "source": images.source,
         "classes": classes,
         "templates": templates,
         "templates_file": str(args.templates),
         "logit_scale": ckpt.logit_scale,
+        "logit_bias": ckpt.logit_bias,  # SigLIP's: probabilities are per-class sigmoids, not a softmax
         "n_images": len(names),
         "accuracy": accuracy,
         "chance": chance,
@@ -212,7 +213,8 @@ def _print(result: dict) -> None:
     width = min(40, max(len(r["image"]) for r in preds))
     print(
         f"zero-shot over {result['n_images']} images, classes: {' '.join(result['classes'])} "
-        f"({len(result['templates'])} templates, logit scale {result['logit_scale']:.1f})"
+        f"({len(result['templates'])} templates, logit scale {result['logit_scale']:.1f}"
+        + (f", bias {result['logit_bias']:.2f}: sigmoid probabilities)" if result.get("logit_bias") is not None else ")")
     )
     for r in preds[:PRINT_ROWS]:
         top = sorted(r["probs"].items(), key=lambda kv: -kv[1])[:3]

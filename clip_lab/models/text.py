@@ -25,6 +25,7 @@ from clip_lab.files import sha256_file
 log = logging.getLogger(__name__)
 
 DEFAULT_TEXT_MODEL = "openai/clip-vit-base-patch32"
+HF = "hf:"  # the prefix of a Hugging Face model's name (a hub id or a folder): optional where only those are read
 # what `tokenizer_unknown_words` calls a word: a run of letters and digits. Punctuation is left out: outside a
 # vocabulary (the demo's has no ".") it carries no meaning, and every "a photo of a {}." template would warn
 WORD = re.compile(r"\w+")
@@ -41,9 +42,11 @@ def quiet_transformers() -> None:
 def load_pretrained(cls: Any, name: str, **kwargs: Any) -> Any:
     """`cls.from_pretrained(name)`: a local directory or the HF cache first, then the hub; a clear error if neither.
 
-    Trying the cache first keeps runs offline-fast; a failed download never falls back to random weights.
+    Trying the cache first keeps runs offline-fast; a failed download never falls back to random weights. `name` may
+    carry the `hf:` prefix that names Hugging Face models among others (`clip_lab.models.pretrained`).
     """
     quiet_transformers()
+    name = name.removeprefix(HF)
     if Path(name).is_dir():
         try:
             return cls.from_pretrained(name, **kwargs)
@@ -87,7 +90,7 @@ def load_model(cls: Any, name: str) -> nn.Module:
     if missing:
         raise ClipLabError(
             f"{name} has no weights for {len(missing)} tensors of {cls.__name__} (e.g. {missing[0]}), "
-            "which would stay random. Fix: point it at a CLIP checkpoint that holds this tower "
+            "which would stay random. Fix: point it at a checkpoint of the whole model, both towers "
             "(e.g. openai/clip-vit-base-patch32, or a folder saved from a full CLIPModel)"
         )
     return model
@@ -131,6 +134,7 @@ def _check_hub_reachable(timeout: float = 3.0) -> None:
 
 def text_model_fingerprint(name: str) -> str:
     """What identifies the weights behind `name`: a content hash for a local directory, the hub revision otherwise."""
+    name = name.removeprefix(HF)
     path = Path(name)
     if path.is_dir():
         h = hashlib.sha256()
@@ -168,7 +172,7 @@ TEXT_FAMILIES = {
     "siglip": TextFamily(
         "SiglipTextModel",
         ("siglip", "siglip_text_model"),
-        lambda c: getattr(c, "text_config", c).hidden_size,
+        lambda c: _siglip_width(getattr(c, "text_config", c)),
         lambda m, ids, mask: m(input_ids=ids).pooler_output,
         pad_to_max=True,
     ),
@@ -189,20 +193,30 @@ TEXT_FAMILIES = {
 }
 
 
+def _siglip_width(text_config: Any) -> int:
+    """The width of SigLIP's text head: `projection_size` (transformers 5), else the hidden size it defaults to."""
+    return getattr(text_config, "projection_size", None) or text_config.hidden_size
+
+
 def pooled(output: Any) -> Tensor:
     """A `get_*_features` result as a tensor: transformers 5 wraps it in an output's `pooler_output`, 4.x does not."""
     return getattr(output, "pooler_output", output)
 
 
-def text_family(config: Any, name: str) -> TextFamily:
-    """The family of a Hugging Face config; one ClipLabError line naming the families there are."""
-    for family in TEXT_FAMILIES.values():
+def model_family(config: Any, name: str) -> str:
+    """The family (a key of TEXT_FAMILIES) of a Hugging Face config; one ClipLabError line naming those there are."""
+    for key, family in TEXT_FAMILIES.items():
         if config.model_type in family.model_types:
-            return family
+            return key
     raise ClipLabError(
-        f"{name} is a {config.model_type!r} model: the frozen text tower can be one of "
-        f"{', '.join(TEXT_FAMILIES)} (a Hugging Face id or a folder saved with save_pretrained)"
+        f"{name} is a {config.model_type!r} model: the pretrained models clip_lab reads are of the families "
+        f"{', '.join(TEXT_FAMILIES)} (a Hugging Face id or a folder saved with save_pretrained), or open_clip:..."
     )
+
+
+def text_family(config: Any, name: str) -> TextFamily:
+    """The TextFamily of a Hugging Face config (`model_family`)."""
+    return TEXT_FAMILIES[model_family(config, name)]
 
 
 def text_embed_dim(name: str) -> int:

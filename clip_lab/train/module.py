@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from clip_lab.data.augment import center_crop
 from clip_lab.errors import ClipLabError
 from clip_lab.eval.examples import test_examples
 from clip_lab.eval.scoring import score_first_captions, score_split
@@ -146,6 +147,20 @@ class ClipLab(L.LightningModule):
         if self.text_tower is None:
             return rows
         return self.text_tower(rows) * (rows > 0).any(dim=1, keepdim=True)
+
+    # -- what inference reads (as it reads a pretrained model: clip_lab.models.pretrained.PretrainedModel) ----------
+    @property
+    def embed_dim(self) -> int:
+        return int(self.hparams.embed_dim)
+
+    def embed_squares(self, squares: Tensor, image_size: int) -> Tensor:
+        """uint8 `[B, S, S, 3]` squares (as the image cache holds them) -> unit embeddings of their central
+        `image_size` crops, as `test` evaluates them."""
+        return self(center_crop(squares, image_size))
+
+    def zero_shot_scale(self) -> tuple[float, None]:
+        """(the learned logit scale, no bias): zero-shot probabilities are a softmax of `logit_scale * cosine`."""
+        return float(self.logit_scale.detach().exp()), None
 
     # -- training -----------------------------------------------------------------------------------------------------
     def to_fast_layout(self, compile: bool = False) -> None:

@@ -10,7 +10,7 @@ from clip_lab.data import feature_cache, image_cache
 from clip_lab.data.coco import load_coco_split
 from clip_lab.data.feature_cache import ensure_feature_cache, feature_cache_path
 from clip_lab.data.synthetic import make_clip_model
-from clip_lab.models.vision import ClipImageTower
+from clip_lab.models.vision import HFImageTower
 
 SIZE = 72  # the demo's image cache side: larger than the tiny model's 64, so the resize runs too
 
@@ -36,7 +36,7 @@ def builds(monkeypatch):
 
 def direct(model, cache_dir, split, size=SIZE):
     images = image_cache.open_image_cache(cache_dir, split, size)
-    return ClipImageTower(model)(torch.from_numpy(np.array(images)).permute(0, 3, 1, 2))
+    return HFImageTower(model)(torch.from_numpy(np.array(images)).permute(0, 3, 1, 2))
 
 
 def test_round_trip_equals_the_tower_and_is_reused(split, clip_model, tmp_path, builds, monkeypatch):
@@ -54,7 +54,7 @@ def test_round_trip_equals_the_tower_and_is_reused(split, clip_model, tmp_path, 
     def no_tower(name):
         raise AssertionError("a valid feature cache must not load the image tower")
 
-    monkeypatch.setattr(feature_cache, "ClipImageTower", no_tower)
+    monkeypatch.setattr(feature_cache, "image_tower", no_tower)
     again = ensure_feature_cache(split, tmp_path, SIZE, clip_model, "cpu")
     assert torch.equal(again["pooled"], cache["pooled"]) and torch.equal(again["embeds"], cache["embeds"])
 

@@ -14,7 +14,7 @@ from clip_lab.data.coco import load_coco_split
 from clip_lab.errors import ClipLabError
 from clip_lab.eval.metrics import embedding_retrieval_metrics
 from clip_lab.models.text import TextEncoder
-from clip_lab.models.vision import ClipImageTower
+from clip_lab.models.vision import HFImageTower
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_zero_shot_row_equals_an_independent_evaluation(baselines, trained_run):
     split = load_coco_split(config["data_root"], "val2014")
     squares = image_cache.open_image_cache(config["cache_dir"], split, config["cache_image_size"])
     with torch.no_grad():
-        _, image_emb = ClipImageTower(config["text_model"])(torch.from_numpy(squares.copy()).permute(0, 3, 1, 2))
+        _, image_emb = HFImageTower(config["text_model"])(torch.from_numpy(squares.copy()).permute(0, 3, 1, 2))
     caption_emb = TextEncoder(config["text_model"], config["max_length"]).encode(split.captions)
     # the caches store float16: round the same way so that ties and near-ties fall alike
     expected = embedding_retrieval_metrics(

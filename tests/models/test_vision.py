@@ -10,12 +10,12 @@ from transformers import CLIPImageProcessor, CLIPModel, CLIPTextModelWithProject
 from clip_lab.data.coco import load_coco_split
 from clip_lab.data.image_cache import decode_pil
 from clip_lab.errors import ClipLabError
-from clip_lab.models.vision import ClipImageTower
+from clip_lab.models.vision import HFImageTower
 
 
 @pytest.fixture(scope="module")
 def tower(clip_model):
-    return ClipImageTower(clip_model)
+    return HFImageTower(clip_model)
 
 
 def squares(demo_root, size, n=6):
@@ -75,21 +75,21 @@ def test_missing_or_text_only_model_fails_with_instructions(monkeypatch, tmp_pat
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     with pytest.raises(ClipLabError, match="not in the local Hugging Face cache"):
-        ClipImageTower("openai/clip-vit-base-patch32")
+        HFImageTower("openai/clip-vit-base-patch32")
     with pytest.raises(ClipLabError, match="not a complete Hugging Face model directory"):
-        ClipImageTower(str(tmp_path))
+        HFImageTower(str(tmp_path))
     # a text tower alone (like the old demo model) would give a random image tower: refused
     CLIPTextModelWithProjection.from_pretrained(text_model).save_pretrained(tmp_path / "text_only")
     CLIPImageProcessor.from_pretrained(text_model).save_pretrained(tmp_path / "text_only")
-    with pytest.raises(ClipLabError, match="which would stay random"):
-        ClipImageTower(str(tmp_path / "text_only"))
+    with pytest.raises(ClipLabError, match="would stay random"):
+        HFImageTower(str(tmp_path / "text_only"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_cuda_bf16_matches_cpu(tower, demo_root):
     images = torch.from_numpy(squares(demo_root, 72)).permute(0, 3, 1, 2)
     cpu_pooled, cpu_embeds = tower(images)
-    gpu = ClipImageTower(tower.name).cuda()
+    gpu = HFImageTower(tower.name).cuda()
     pooled, embeds = gpu(images.cuda())
     assert pooled.dtype == embeds.dtype == torch.float32 and embeds.device.type == "cuda"
     assert (embeds.cpu() * cpu_embeds).sum(1).min() > 0.99
