@@ -349,12 +349,18 @@ def make_align_model(path: Path, seed: int = 0, width: int = 64, layers: int = 2
     vision = dict(image_size=32, width_coefficient=0.1, depth_coefficient=0.1, hidden_dim=64)
     torch.manual_seed(seed)
     config = AlignConfig(text_config=text, vision_config=vision, projection_dim=32, initializer_range=0.2)
-    AlignModel(config).save_pretrained(path)
+    model = AlignModel(config)
+    # a fixed-std init shrinks the EfficientNet's activations layer by layer (pooled features ~1e-18, the model's own
+    # cosines NaN): fan-in-scaled convolutions keep them ~1, as a trained one's are
+    for m in model.vision_model.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight)
+    model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     # EfficientNet's processor with every step it has on: resize, centre crop, levels to [-1, 1], the std twice
     EfficientNetImageProcessor(
-        size=TINY_SQUARE,
-        crop_size={"height": 24, "width": 24},  # convolutional: any input size, pooled to one vector
+        size={"height": 40, "width": 40},
+        crop_size=TINY_SQUARE,
         do_center_crop=True,
         rescale_factor=1 / 127.5,
         rescale_offset=True,

@@ -200,8 +200,12 @@ def open_checkpoint(
         ) from e
     model.eval()
     model.to_fast_layout()
-    stored = {k: v for k, v in (stored or {}).items() if not k.startswith("_")}
-    return Checkpoint(path, sha256_file(path), model, settings(stored, data), device, batch_size)
+    data = settings({k: v for k, v in (stored or {}).items() if not k.startswith("_")}, data)
+    if not 0 < data["image_size"] <= data["cache_image_size"]:
+        raise ClipLabError(
+            f"image_size {data['image_size']} must be positive and at most cache_image_size {data['cache_image_size']}"
+        )
+    return Checkpoint(path, sha256_file(path), model, data, device, batch_size)
 
 
 def open_pretrained(
@@ -220,16 +224,11 @@ def open_pretrained(
 
 
 def settings(base: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
-    """RetrievalData's defaults under `base` (a checkpoint's stored settings, or configs) under the given flags."""
+    """RetrievalData's defaults under `base` (a checkpoint's stored settings, or configs) under the flags given."""
     defaults = {
         n: p.default for n, p in inspect.signature(RetrievalData).parameters.items() if p.default is not p.empty
     }
-    data = defaults | base | {n: v for n, v in flags.items() if v is not None}
-    if not 0 < data["image_size"] <= data["cache_image_size"]:
-        raise ClipLabError(
-            f"image_size {data['image_size']} must be positive and at most cache_image_size {data['cache_image_size']}"
-        )
-    return data
+    return defaults | base | {n: v for n, v in flags.items() if v is not None}
 
 
 def reason(e: BaseException | None) -> str:
