@@ -66,10 +66,11 @@ class Own:
     def tokens(self, texts: list[str]) -> dict[str, torch.Tensor]:
         if self.family == "open_clip":
             return {"text": self.tokenizer(texts)}
+        n = getattr(self.model.config, "text_config", self.model.config).max_position_embeddings
         if self.family == "siglip":  # as SigLIP was trained: padded to the full length, no mask
-            n = self.model.config.text_config.max_position_embeddings
-            return {"input_ids": self.tokenizer(texts, padding="max_length", max_length=n, return_tensors="pt")["input_ids"]}
-        return dict(self.tokenizer(texts, padding=True, return_tensors="pt"))
+            ids = self.tokenizer(texts, padding="max_length", truncation=True, max_length=n, return_tensors="pt")
+            return {"input_ids": ids["input_ids"]}
+        return dict(self.tokenizer(texts, padding=True, truncation=True, max_length=n, return_tensors="pt"))
 
     @torch.no_grad()
     def image_features(self, squares: np.ndarray) -> torch.Tensor:

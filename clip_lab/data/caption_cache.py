@@ -13,7 +13,7 @@ from torch import Tensor
 
 from clip_lab.data.split import CaptionedSplit
 from clip_lab.files import load_cache, name_slug, save_torch
-from clip_lab.models.pretrained import FrozenText, fingerprint
+from clip_lab.models.pretrained import FrozenText, canonical, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -23,12 +23,12 @@ CACHE_VERSION = 1  # bump when the layout or the meaning of the stored embedding
 def caption_cache_path(cache_dir: str | Path, split: CaptionedSplit, text_model: str, max_length: int) -> Path:
     """`captions_<split>_<fingerprint>_<model slug>_L<max_length>.pt`: the fingerprint keeps other data's same-named
     splits (the demo's val2014 and COCO's) in files of their own."""
-    return split.cache_file(cache_dir, "captions", name_slug(text_model), f"L{max_length}")
+    return split.cache_file(cache_dir, "captions", name_slug(canonical(text_model)), f"L{max_length}")
 
 
 def expected_meta(split: CaptionedSplit, text_model: str, max_length: int) -> dict[str, Any]:
     """Everything the cached embeddings depend on; a cache whose metadata differs is stale and gets rebuilt."""
-    encoder = {"text_model": text_model, "text_model_fingerprint": fingerprint(text_model)}
+    encoder = {"text_model": canonical(text_model), "text_model_fingerprint": fingerprint(text_model)}
     return _meta(split, encoder | {"max_length": max_length})
 
 

@@ -116,7 +116,7 @@ class RetrievalData(L.LightningDataModule):
             raise ClipLabError("augmentation out of range: need 0 < crop_scale <= 1, 0 <= flip <= 1, 0 <= jitter < 1")
         self.protocol: Protocol = resolve_protocol(protocol, dataset, test_split)
         check_dataset_files(dataset, data_root, self.split_names())  # fail before any work
-        # the text side's width (linked to model.embed_dim); reading the model's config fails fast when it cannot be found
+        # the text side's width (linked to model.embed_dim); reading the model's config fails fast when it is absent
         self.embed_dim = pretrained.embed_dim(text_model) if text_encoder is None else TRAINED_TEXT_DIM
         self.splits: dict[str, CaptionedSplit] = {}
         self.embeddings: dict[str, Tensor] = {}

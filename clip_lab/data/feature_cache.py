@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import torch
 from clip_lab.data import image_cache
 from clip_lab.data.split import CaptionedSplit
 from clip_lab.files import load_cache, name_slug, save_torch
-from clip_lab.models.pretrained import fingerprint, image_tower
+from clip_lab.models.pretrained import canonical, fingerprint, image_tower
 from clip_lab.models.vision import ImageTower
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ CACHE_VERSION = 1  # bump when the layout or the meaning of the stored features 
 def feature_cache_path(cache_dir: str | Path, split: CaptionedSplit, model_name: str, size: int) -> Path:
     """`features_<split>_<fingerprint>_<model slug>_<size>.pt`, `size` being the image cache's square side the features
     come from, the fingerprint that of the split's data (as in the image cache's name)."""
-    return split.cache_file(cache_dir, "features", name_slug(model_name), size)
+    return split.cache_file(cache_dir, "features", name_slug(canonical(model_name)), size)
 
 
 def expected_meta(split: CaptionedSplit, model_name: str, size: int) -> dict[str, Any]:
@@ -34,7 +35,7 @@ def expected_meta(split: CaptionedSplit, model_name: str, size: int) -> dict[str
         "version": CACHE_VERSION,
         "split": split.name,
         "image_cache": image_cache.expected_meta(split, size),  # the pixels the features were computed from
-        "model": model_name,
+        "model": canonical(model_name),
         "model_fingerprint": fingerprint(model_name),
     }
 
@@ -106,7 +107,13 @@ def build_feature_cache(
             embeds[start : start + len(batch)] = e
             bar.update(len(batch))
     cache = {
-        "meta": meta | {"input_size": tower.input_size, "feature_dim": tower.feature_dim, "embed_dim": tower.embed_dim},
+        "meta": meta
+        | {
+            "input_size": tower.input_size,
+            "feature_dim": tower.feature_dim,
+            "embed_dim": tower.embed_dim,
+            "preprocessing": asdict(tower.preprocessing) | {"from": f"{images.shape[1]} px central squares"},
+        },
         "pooled": pooled.cpu(),  # fp16: these feed a trained head, ~1e-3 relative precision is plenty
         "embeds": embeds.cpu(),
     }
@@ -129,10 +136,10 @@ def ensure_feature_cache(
     """`{"meta", "pooled": fp16 [n_images, feature_dim], "embeds": fp16 [n_images, embed_dim]}` of the split, on CPU.
 
     Rows follow the split's image order. The features come from the split's image cache at `cache_image_size`
-    (built first if needed, with `workers` and `max_bad` as there), never from the JPEGs; `pooled` is what the model's
-    image projection consumes (`ImageTower`), `embeds` the model's own normalized image embedding. Rows of the images the image cache
-    skipped (`image_cache.bad_image_indices`) hold the features of a black square: callers skip them. A valid cache
-    file is loaded as is; a missing, stale or unreadable one is rebuilt on `device`.
+    (built first if needed, with `workers` and `max_bad` as there), never from the JPEGs; `pooled` is what the
+    model's image projection consumes (`ImageTower`), `embeds` the model's own normalized image embedding. Rows of the
+    images the image cache skipped (`image_cache.bad_image_indices`) hold the features of a black square: callers
+    skip them. A valid cache file is loaded as is; a missing, stale or unreadable one is rebuilt on `device`.
     """
     # first, even when the features are cached: callers read the skipped images from the image cache's metadata
     images = image_cache.ensure_image_cache(cache_dir, split, cache_image_size, device, workers, max_bad)

@@ -369,7 +369,12 @@ def make_align_model(path: Path, seed: int = 0, width: int = 64, layers: int = 2
 
 
 def make_open_clip_model(
-    path: Path, seed: int = 0, width: int = 32, embed_dim: int = 48, context_length: int = 32, resize_mode: str = "shortest"
+    path: Path,
+    seed: int = 0,
+    width: int = 32,
+    embed_dim: int = 48,
+    context_length: int = 32,
+    resize_mode: str = "shortest",
 ) -> dict:
     """Save a randomly initialized small OpenCLIP model (`open_clip.model.CLIP`: a ViT and OpenAI's BPE text tower)
     to `path` as open_clip's own `local-dir:` folder holds one (open_clip_config.json, open_clip_model.safetensors);

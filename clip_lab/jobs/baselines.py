@@ -1,10 +1,11 @@
 """`python -m clip_lab baselines`: the reference rows of a results table, under the same test protocol as `test`.
 
-- pretrained: the CLIP model named by `data.text_model` itself, zero-shot: its own image tower and text tower,
-  both frozen (the caption caches `fit` uses are its text tower's embeddings).
+- pretrained: the model named by `data.text_model` itself, zero-shot: its own image tower (with its own
+  preprocessing) and text tower, both frozen (the caption caches `fit` uses are its text tower's embeddings). Any
+  family clip_lab reads: CLIP, SigLIP, BLIP, ALIGN (`hf:<id or folder>`) or OpenCLIP (`open_clip:<arch>:<tag>`).
 - linear head / MLP head: both towers frozen, the image tower's pooled features cached once per split, only a
-  projection head trained with InfoNCE (BLIP-style head-only fine-tuning): a linear map (the form of CLIP's own
-  visual projection, learned again) or the lab's 2-layer GELU head. Several seeds each; the epoch with the best
+  projection head trained with InfoNCE (BLIP-style head-only fine-tuning): a linear map (the form of the model's own
+  image projection, learned again) or the lab's 2-layer GELU head. Several seeds each; the epoch with the best
   validation R-sum is tested.
 
 Takes the same configs as `fit` (only their `data:` section is read), so dataset, splits, caches and protocol are
@@ -158,7 +159,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = {
         "dataset": hp.dataset,
         "split": hp.test_split,
-        "clip_model": hp.text_model,
+        "model": hp.text_model,
+        "image_tower": {k: features[hp.test_split]["meta"].get(k) for k in ("input_size", "preprocessing")},
         "protocol": data.protocol_record(int(test["n_images"]), int(test["n_captions"])),
         "feature_dim": int(train.features.shape[1]),
         "embed_dim": int(train.captions.shape[1]),

@@ -85,10 +85,9 @@ def synthetic_gallery(
 
 def demo_galleries(ckpt_path: Path, device: torch.device, n_queries: int, seed: int = 0) -> list[Gallery]:
     """The demo run's image and caption galleries of its test split, read through the code `search` runs."""
-    from clip_lab.jobs.infer import DATA_FLAGS, caption_gallery, image_gallery, load_checkpoint, open_split
+    from clip_lab.jobs.infer import caption_gallery, image_gallery, open_checkpoint, open_split
 
-    args = argparse.Namespace(ckpt_path=str(ckpt_path), device=device.type, batch_size=256, **dict.fromkeys(DATA_FLAGS))
-    ckpt = load_checkpoint(args)
+    ckpt = open_checkpoint(ckpt_path, device.type)
     split = open_split(ckpt, ckpt.data["test_split"])
     images, usable, _ = image_gallery(ckpt, split)
     captions, _ = caption_gallery(ckpt, split)

@@ -22,11 +22,10 @@ from torch import Tensor
 from clip_lab.data import caption_cache, datasets, image_cache
 from clip_lab.data.augment import center_crop
 from clip_lab.data.datamodule import RetrievalData
+from clip_lab.data.feature_cache import ensure_feature_cache, feature_cache_path
 from clip_lab.data.split import CaptionedSplit
 from clip_lab.errors import ClipLabError
-from clip_lab.files import atomic_path, load_cache, save_torch, sha256_file
-from clip_lab.data.feature_cache import ensure_feature_cache, feature_cache_path
-from clip_lab.files import name_slug
+from clip_lab.files import atomic_path, load_cache, name_slug, save_torch, sha256_file
 from clip_lab.models import pretrained
 from clip_lab.models.pretrained import FrozenText, PretrainedModel
 from clip_lab.models.text_towers import TextTower
@@ -334,7 +333,14 @@ def image_gallery(ckpt: Checkpoint, split: CaptionedSplit) -> tuple[Tensor, np.n
     size = hp["cache_image_size"]
     if ckpt.pretrained:
         features = ensure_feature_cache(
-            split, hp["cache_dir"], size, ckpt.name, ckpt.device, ckpt.batch_size, hp["num_workers"], hp["max_bad_images"]
+            split,
+            hp["cache_dir"],
+            size,
+            ckpt.name,
+            ckpt.device,
+            ckpt.batch_size,
+            hp["num_workers"],
+            hp["max_bad_images"],
         )
         emb = features["embeds"].float()
         path = feature_cache_path(hp["cache_dir"], split, ckpt.name, size)

@@ -26,8 +26,8 @@ from clip_lab.data import image_cache
 from clip_lab.errors import ClipLabError
 from clip_lab.eval.index import KINDS, IndexSpec
 from clip_lab.jobs.infer import CKPT_HELP, add_data_args, data_flags, open_checkpoint
-from clip_lab.models.pretrained import is_pretrained_name, short_name
 from clip_lab.jobs.retriever import CaptionMatch, Classification, ImageMatch, Lru, NotInGallery, Retriever
+from clip_lab.models.pretrained import is_pretrained_name, short_name
 from clip_lab.options import JobParser
 
 log = logging.getLogger(__name__)
@@ -530,7 +530,8 @@ def main(argv: list[str] | None = None) -> None:
         nargs="+",
         action="extend",
         required=True,
-        help="one or more models (repeat the flag or list them), each a " + CKPT_HELP
+        help="one or more models (repeat the flag or list them), each a "
+        + CKPT_HELP
         + "; e.g. results/baseline/checkpoints/best.ckpt hf:openai/clip-vit-base-patch32: the page shows two side by "
         "side",
     )

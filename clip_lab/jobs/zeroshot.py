@@ -214,7 +214,11 @@ def _print(result: dict) -> None:
     print(
         f"zero-shot over {result['n_images']} images, classes: {' '.join(result['classes'])} "
         f"({len(result['templates'])} templates, logit scale {result['logit_scale']:.1f}"
-        + (f", bias {result['logit_bias']:.2f}: sigmoid probabilities)" if result.get("logit_bias") is not None else ")")
+        + (
+            f", bias {result['logit_bias']:.2f}: sigmoid probabilities)"
+            if result.get("logit_bias") is not None
+            else ")"
+        )
     )
     for r in preds[:PRINT_ROWS]:
         top = sorted(r["probs"].items(), key=lambda kv: -kv[1])[:3]

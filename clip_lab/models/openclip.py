@@ -1,7 +1,7 @@
 """OpenCLIP models (`open_clip:<arch>:<tag or file>`, `open_clip:hf-hub:<repo>`, `open_clip:local-dir:<folder>`) as
 clip_lab's frozen text and image towers, read through the `open_clip` library's own model, tokenizer and preprocessing.
 
-`open_clip_torch` is an optional extra (`pip install clip-lab[open_clip]`): it is imported only when such a name is used.
+`open_clip_torch` is an optional extra (`pip install clip-lab[open_clip]`), imported only when such a name is used.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def hub_access(name: str) -> Iterator[None]:
         raise ClipLabError(
             f"cannot load {name} ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''})"
             f"{' with the hub unreachable' if offline else ''}. Fix: on a machine with internet load it once "
-            f"(python -c \"import open_clip; open_clip.create_model_and_transforms(...)\") and copy the Hugging "
+            f'(python -c "import open_clip; open_clip.create_model_and_transforms(...)") and copy the Hugging '
             f"Face cache ({where}) here, or pass a weights file (open_clip:<arch>:<file>) or "
             "open_clip:local-dir:<folder with open_clip_config.json and weights>"
         ) from e

@@ -21,6 +21,12 @@ def is_pretrained_name(name: str) -> bool:
     return str(name).startswith((HF, openclip.PREFIX))
 
 
+def canonical(name: str) -> str:
+    """The one spelling of a model's name that caches are named and checked by: `hf:` dropped (`hf:openai/x` and
+    `openai/x` are one model), so a fit, the baselines and a search of the same model share their caches."""
+    return str(name).removeprefix(HF)
+
+
 def text_encoder(name: str, max_length: int = 77) -> FrozenText:
     """The frozen text tower of a pretrained model: L2-normalized caption and query embeddings (`encode`)."""
     return openclip.OpenClipText(name, max_length) if openclip.is_open_clip(name) else TextEncoder(name, max_length)

@@ -159,7 +159,9 @@ def _clip(m: Any, px: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _siglip(m: Any, px: Tensor) -> tuple[Tensor, Tensor]:
-    pooled = m.vision_model(pixel_values=px).pooler_output  # the attention-pooling head (SiglipModel.get_image_features)
+    pooled = m.vision_model(
+        pixel_values=px
+    ).pooler_output  # the attention-pooling head (SiglipModel.get_image_features)
     return pooled, pooled
 
 

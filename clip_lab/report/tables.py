@@ -111,7 +111,7 @@ def baselines_markdown(result: dict[str, Any]) -> str:
     p = result["protocol"]
     return (
         f"{result['dataset']} {result['split']}, protocol {p['name']} ({p['gallery_images']:,} images, "
-        f"{p['gallery_captions']:,} captions); CLIP model `{result['clip_model']}`, both towers frozen. Test recall "
+        f"{p['gallery_captions']:,} captions); pretrained model `{result['model']}`, both towers frozen. Test recall "
         f"in %; heads: mean ± std over seeds {result['heads']['seeds']}, {result['heads']['epochs']} epochs, the "
         "best validation epoch.\n\n" + markdown_table(*baselines_table(result)) + "\n"
     )

@@ -4,9 +4,11 @@ head-only training over seeds, and both landing in the report next to the traine
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from families import FAMILIES, NATIVE, Own, make_family
 
 from clip_lab.__main__ import main
 from clip_lab.data import image_cache
@@ -97,7 +99,7 @@ def test_baselines_land_in_the_report_tables(baselines, trained_run, tmp_path):
     text = report.read_text()
     assert "### 3.2 Reference baselines" in text and "| MLP head |" in text
     zero_shot = result["variants"]["pretrained (zero-shot)"]["metrics"]["i2t_R@1"]["mean"]
-    assert "pretrained (zero-shot) CLIP, standard (%)" in text  # the reference column beside the trained model
+    assert "pretrained (zero-shot) clip_tiny, standard (%)" in text  # the reference column beside the trained model
     assert f" | {100 * zero_shot:.1f} |" in text
     latex = (tmp_path / "report" / "tables" / "baselines.tex").read_text()
     assert r"\begin{tabular}" in latex and "MLP head" in latex
@@ -117,3 +119,43 @@ def test_bad_settings_are_one_clear_line(tmp_path):
         "val_images": 5,
         "val_split": None,
     }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "clip"])  # CLIP's: the tests above
+def test_each_familys_zero_shot_row_is_its_own_evaluation_and_a_head_trains_on_its_features(
+    family, demo_root, tmp_path
+):
+    """The zero-shot row of a SigLIP, BLIP, ALIGN or OpenCLIP model equals the recall of embeddings written by the
+    model's own API (its processor, tokenizer and feature functions); a linear head trains on its pooled features."""
+    from clip_lab.files import CONFIGS
+
+    name, side = make_family(family, tmp_path, demo_root), NATIVE[family]
+    data = {
+        "data_root": demo_root,
+        "text_model": name,
+        "cache_dir": tmp_path / "cache",
+        "cache_image_size": side,  # the side its processor keeps: no resampling on either side
+        "image_size": side,
+        "num_workers": 0,
+        "val_images": 64,
+    }
+    args = ["baselines", "-c", str(CONFIGS / "coco.yaml"), "-c", str(CONFIGS / "demo.yaml"), "--run", "b"]
+    args += ["--results_dir", str(tmp_path / "results"), "--heads", "linear", "--seeds", "1", "--epochs", "2", "--"]
+    assert main(args + [a for k, v in data.items() for a in (f"--data.{k}", str(v))]) == 0
+    result = json.loads((tmp_path / "results" / "b.json").read_text())
+    split = load_coco_split(demo_root, "val2014")
+    own = Own(family, name)
+    squares = image_cache.open_image_cache(tmp_path / "cache", split, side)
+    expected = embedding_retrieval_metrics(
+        own.image_features(np.array(squares)).half().float(),
+        own.text_features(split.captions).half().float(),
+        torch.from_numpy(split.caption_image),
+    )
+    row = result["variants"]["pretrained (zero-shot)"]["metrics"]
+    for key in ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10"):
+        assert row[key]["mean"] == pytest.approx(expected[key], abs=1.5 / len(split.image_ids)), key
+    assert result["model"] == name and result["image_tower"]["input_size"] == (32 if family != "clip" else 64)
+    assert result["image_tower"]["preprocessing"]["from"] == f"{side} px central squares"
+    head = result["variants"]["linear head"]
+    assert len(head["history"][0]) == 2 and result["embed_dim"] == own.text_features(["a"]).shape[1]

@@ -25,7 +25,9 @@ def noise(n: int, side: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (n, side, side, 3), dtype=np.uint8)
     ramp = np.linspace(0, 255, side, dtype=np.float32)
-    images[0] = np.stack([ramp[None, :].repeat(side, 0), ramp[:, None].repeat(side, 1), 255 - ramp[None, :].repeat(side, 0)], -1)
+    images[0] = np.stack(
+        [ramp[None, :].repeat(side, 0), ramp[:, None].repeat(side, 1), 255 - ramp[None, :].repeat(side, 0)], -1
+    )
     return images
 
 
@@ -45,7 +47,9 @@ def test_preprocessing_is_the_familys_own(family, models):
     torch.testing.assert_close(ours, own.pixels(native), atol=1e-5, rtol=0)
     # a larger square is resampled by both, PIL or torchvision there, torch here: within a couple of uint8 levels
     large = noise(3, 72, seed=1)
-    diff = (levels(tower, tower.preprocess(torch.from_numpy(large).permute(0, 3, 1, 2))) - levels(tower, own.pixels(large))).abs()
+    diff = (
+        levels(tower, tower.preprocess(torch.from_numpy(large).permute(0, 3, 1, 2))) - levels(tower, own.pixels(large))
+    ).abs()
     assert diff.max() <= 3 and diff.mean() < 0.6, (diff.max(), diff.mean())
 
 
@@ -134,9 +138,14 @@ def test_names():
         None,
     )
     assert pretrained.short_name("open_clip:ViT-B-32:openai") == "ViT-B-32-openai"
-    assert pretrained.short_name("open_clip:hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K") == "CLIP-ViT-B-32-laion2B-s34B-b79K"
+    assert (
+        pretrained.short_name("open_clip:hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K")
+        == "CLIP-ViT-B-32-laion2B-s34B-b79K"
+    )
     assert pretrained.short_name("hf:google/siglip-base-patch16-224") == "siglip-base-patch16-224"
     assert pretrained.is_pretrained_name("hf:x") and not pretrained.is_pretrained_name("results/t/best.ckpt")
+    # one model, one cache: a fit's `openai/x` and a search's `hf:openai/x` name the same files
+    assert pretrained.canonical("hf:openai/x") == pretrained.canonical("openai/x") == "openai/x"
     with pytest.raises(ClipLabError, match="open_clip:<arch>:<pretrained tag or weights file>"):
         openclip.parse("open_clip:ViT-B-32")
 
@@ -157,10 +166,14 @@ def test_unknown_tags_and_unreachable_weights_are_one_line(monkeypatch, tmp_path
     import time
 
     t0 = time.perf_counter()
-    with pytest.raises(ClipLabError, match="cannot load open_clip:ViT-B-32:openai .*hub unreachable. Fix: .*weights file"):
+    with pytest.raises(
+        ClipLabError, match="cannot load open_clip:ViT-B-32:openai .*hub unreachable. Fix: .*weights file"
+    ):
         openclip.OpenClipText("open_clip:ViT-B-32:openai")
     assert time.perf_counter() - t0 < 20
-    with pytest.raises(ClipLabError, match="cannot load hf:no-such-org/no-such-model|not in the local Hugging Face cache"):
+    with pytest.raises(
+        ClipLabError, match="cannot load hf:no-such-org/no-such-model|not in the local Hugging Face cache"
+    ):
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
         pretrained.image_tower("hf:no-such-org/no-such-model")
 
@@ -169,5 +182,7 @@ def test_a_model_of_no_family_is_refused_in_one_line(tmp_path):
     from transformers import BertConfig
 
     BertConfig().save_pretrained(tmp_path)
-    with pytest.raises(ClipLabError, match="is a 'bert' model: the pretrained models clip_lab reads are of the families"):
+    with pytest.raises(
+        ClipLabError, match="is a 'bert' model: the pretrained models clip_lab reads are of the families"
+    ):
         pretrained.image_tower(f"hf:{tmp_path}")

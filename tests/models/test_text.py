@@ -143,12 +143,14 @@ def test_another_family_is_one_line_naming_those_there_are(tmp_path):
     from transformers import BertConfig
 
     BertConfig().save_pretrained(tmp_path)
-    with pytest.raises(ClipLabError, match="is a .bert. model: the pretrained models clip_lab reads are of the families clip, siglip"):
+    with pytest.raises(
+        ClipLabError, match="is a .bert. model: the pretrained models clip_lab reads are of the families clip, siglip"
+    ):
         text_embed_dim(str(tmp_path))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["siglip", "blip", "align"])
+@pytest.mark.parametrize("family", ["siglip", "blip", "align", "open_clip"])
 def test_fit_search_and_zeroshot_against_a_frozen_text_tower_of_another_family(family, demo_root, tmp_path):
     import csv
     import json
@@ -160,8 +162,9 @@ def test_fit_search_and_zeroshot_against_a_frozen_text_tower_of_another_family(f
     from clip_lab.jobs import search, zeroshot
 
     tower = tmp_path / family
-    size = {"siglip": {"width": 48, "max_length": 16}, "blip": {"embed_dim": 48}, "align": {}}[family]
+    size = {"siglip": {"width": 48, "max_length": 16}, "blip": {"embed_dim": 48}}.get(family, {})
     getattr(synthetic, f"make_{family}_model")(tower, **size)
+    tower = f"open_clip:local-dir:{tower}" if family == "open_clip" else tower
     args = fit_args(
         demo_root,
         tmp_path,
