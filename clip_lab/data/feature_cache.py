@@ -20,7 +20,7 @@ from clip_lab.models.vision import ImageTower
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1  # bump when the layout or the meaning of the stored features changes
+CACHE_VERSION = 2  # bump when the layout or the meaning of the stored features changes (2: resized as PIL resizes)
 
 
 def feature_cache_path(cache_dir: str | Path, split: CaptionedSplit, model_name: str, size: int) -> Path:
@@ -72,14 +72,15 @@ def build_feature_cache(
     device = next(tower.parameters()).device
     n = len(images)
     side = images.shape[1] if images.ndim == 4 else 0
-    if 0 < side < tower.input_size:
+    wanted = tower.preprocessing.resize or tower.input_size  # the side its processor resizes to (then crops)
+    if 0 < side < wanted:
         log.warning(
-            "the image cache's squares (%d px) are smaller than %s's input (%d px) and are upsampled: set "
+            "the image cache's squares (%d px) are smaller than the %d px %s resizes to, and are upsampled: set "
             "data.cache_image_size to at least %d to give it its own resolution",
             side,
+            wanted,
             tower.name,
-            tower.input_size,
-            tower.input_size,
+            wanted,
         )
     pooled = torch.empty(n, tower.feature_dim, dtype=torch.float16, device=device)
     embeds = torch.empty(n, tower.embed_dim, dtype=torch.float16, device=device)

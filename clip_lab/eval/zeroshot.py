@@ -63,11 +63,18 @@ def check_classes(classes: Sequence[str] | None) -> list[str]:
     return names
 
 
-def class_embeddings(encoder: FrozenText | TextTower, classes: Sequence[str], templates: Sequence[str]) -> Tensor:
-    """`[n_classes, dim]`: each class the normalized mean of its prompts' normalized embeddings (CLIP's ensembling)."""
+def class_embeddings(
+    encoder: FrozenText | TextTower, classes: Sequence[str], templates: Sequence[str], normalize: bool = True
+) -> Tensor:
+    """`[n_classes, dim]`: each class the normalized mean of its prompts' normalized embeddings (CLIP's ensembling).
+
+    `normalize=False` keeps the plain mean, so that an image's dot product with it is the mean of its cosines with
+    the prompts: for a model scored by a sigmoid with a bias (SigLIP) the mean logit over templates, on the scale the
+    bias was learned at (a renormalized mean has larger cosines than any one prompt and would inflate them).
+    """
     prompts = [t.replace("{}", c) for c in classes for t in templates]
-    emb = encoder.encode(prompts).float().cpu().view(len(classes), len(templates), -1)
-    return F.normalize(emb.mean(dim=1), dim=-1)
+    emb = encoder.encode(prompts).float().cpu().view(len(classes), len(templates), -1).mean(dim=1)
+    return F.normalize(emb, dim=-1) if normalize else emb
 
 
 def class_scores(image_emb: Tensor, class_emb: Tensor) -> Tensor:

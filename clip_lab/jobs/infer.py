@@ -27,7 +27,7 @@ from clip_lab.data.split import CaptionedSplit
 from clip_lab.errors import ClipLabError
 from clip_lab.files import atomic_path, load_cache, name_slug, save_torch, sha256_file
 from clip_lab.models import pretrained
-from clip_lab.models.pretrained import FrozenText, PretrainedModel
+from clip_lab.models.pretrained import FrozenText, PretrainedModel, canonical
 from clip_lab.models.text_towers import TextTower
 from clip_lab.train.module import ClipLab
 
@@ -213,11 +213,14 @@ def open_pretrained(
     """A pretrained model as a Checkpoint: its image tower embeds whole cached squares, its text tower (the data's
     `text_model`, set to it) the queries and captions; its caches are the feature and caption caches `baselines` and
     `fit` use."""
-    if configured.get("text_encoder") is not None or data.get("text_model") not in (None, name):
+    text_model = data.get("text_model")
+    if configured.get("text_encoder") is not None or (text_model and canonical(text_model) != canonical(name)):
         raise ClipLabError(f"{name} embeds texts with its own text tower: leave text_model and text_encoder unset")
     model = PretrainedModel(name).to(device).eval()
     data = settings(configured, data) | {"text_model": name, "text_encoder": None}
-    data["image_size"] = data["cache_image_size"]  # it sees the whole square (model_view shows what it sees)
+    # what it sees of a square, for model_view: all of it, or the central part its processor crops after resizing
+    p, side = model.image.preprocessing, data["cache_image_size"]
+    data["image_size"] = round(side * p.crop / p.resize) if p.crop and p.resize else side
     digest = hashlib.sha256(pretrained.fingerprint(name).encode()).hexdigest()
     return Checkpoint(Path(name), digest, model, data, device, batch_size)
 

@@ -373,7 +373,8 @@ class Retriever:
         with self.lock:
             return self._class_sets.get(
                 (tuple(classes), tuple(templates)),
-                lambda: zeroshot.class_embeddings(self.encoder, classes, templates),
+                # a sigmoid-scored model (a bias) averages its logits over templates: see zeroshot.class_embeddings
+                lambda: zeroshot.class_embeddings(self.encoder, classes, templates, self.ckpt.logit_bias is None),
             )
 
     @cached_property

@@ -62,13 +62,14 @@ def library() -> Any:
 
 
 @contextlib.contextmanager
-def hub_access(name: str) -> Iterator[None]:
+def hub_access(name: str, local: bool = False) -> Iterator[None]:
     """Loads inside read the Hugging Face cache only when the hub cannot be reached (open_clip's downloads would
-    otherwise retry for ~50 s before failing); any failure becomes one ClipLabError line naming what to provide."""
+    otherwise retry for ~50 s before failing); any failure becomes one ClipLabError line naming what to provide.
+    `local`: the model is a folder or file, nothing to download (the hub is not probed)."""
     import huggingface_hub.constants as hub
 
     offline = hub.HF_HUB_OFFLINE
-    if not offline:
+    if not offline and not local:
         try:
             _check_hub_reachable()
         except OSError:
@@ -92,29 +93,32 @@ def hub_access(name: str) -> Iterator[None]:
 
 
 def load(name: str) -> tuple[nn.Module, Any, dict[str, Any]]:
-    """(model in eval mode, frozen; its tokenizer; its preprocessing config) of an `open_clip:` name."""
+    """(model in eval mode, frozen; its tokenizer; its preprocessing config) of an `open_clip:` name.
+
+    Weights are required (open_clip would otherwise go on with random ones when a download fails), and a tag trained
+    with QuickGELU (OpenAI's, LAION-400M's, ...) gets it: open_clip builds the architecture's own activation and
+    only warns when the tag's differs, which would give plausible but wrong embeddings."""
     open_clip = library()
     arch, pretrained = parse(name)
-    if pretrained is not None and not Path(pretrained).is_file() and not open_clip.get_pretrained_cfg(arch, pretrained):
-        known = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
-        raise ClipLabError(
-            f"{name}: {pretrained!r} is neither a weights file nor a pretrained tag of open_clip's {arch} "
-            f"(its tags: {known})"
+    tag = {}
+    if pretrained is not None and not Path(pretrained).is_file():
+        tag = open_clip.get_pretrained_cfg(arch, pretrained)
+        if not tag:
+            known = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
+            raise ClipLabError(
+                f"{name}: {pretrained!r} is neither a weights file nor a pretrained tag of open_clip's {arch} "
+                f"(its tags: {known})"
+            )
+    local = arch.startswith("local-dir:") or (pretrained is not None and not tag)
+    with hub_access(name, local):
+        model = open_clip.create_model(
+            arch,
+            pretrained=pretrained,
+            require_pretrained=True,
+            force_quick_gelu=bool(tag.get("quick_gelu", False)),
         )
-    with hub_access(name):
-        model = open_clip.create_model(arch, pretrained=pretrained, load_weights=True)
         tokenizer = open_clip.get_tokenizer(arch)
-    if pretrained is None and not _has_weights(arch):
-        raise ClipLabError(f"{name} holds no weights file, so the model would be random: add its weights beside it")
     return model.eval().requires_grad_(False), tokenizer, open_clip.get_model_preprocess_cfg(model)
-
-
-def _has_weights(arch: str) -> bool:
-    """Whether an `hf-hub:`/`local-dir:` source gave open_clip weights (it proceeds with random ones otherwise)."""
-    if arch.startswith("local-dir:"):
-        folder = Path(arch.removeprefix("local-dir:"))
-        return any(folder.glob("*.safetensors")) or any(folder.glob("*.bin")) or any(folder.glob("*.pth"))
-    return True  # hf-hub: open_clip raises when the repo has no weights file
 
 
 def model_config(name: str) -> dict[str, Any]:
@@ -250,6 +254,8 @@ class OpenClipImageTower(ImageTower):
         bias = getattr(model, "logit_bias", None)
         with torch.no_grad():
             probe = visual(torch.zeros(1, 3, side, side))
+        if not isinstance(probe, Tensor):  # CoCa and other towers that return their tokens as well
+            raise ClipLabError(f"{name}: its image tower returns {type(probe).__name__}, not one embedding per image")
         feature_dim = int(probe.shape[1])
         embed_dim = int(proj.shape[1]) if isinstance(proj, nn.Parameter) else feature_dim
         super().__init__(name, preprocess, feature_dim, embed_dim, scale, None if bias is None else float(bias))

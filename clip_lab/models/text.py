@@ -47,6 +47,17 @@ def load_pretrained(cls: Any, name: str, **kwargs: Any) -> Any:
     """
     quiet_transformers()
     name = name.removeprefix(HF)
+    try:
+        return _load_pretrained(cls, name, **kwargs)
+    except ImportError as e:  # a tokenizer's own library (SigLIP's sentencepiece) is missing: say which
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ClipLabError(
+            f"{name} ({cls.__name__}) needs a library that is not installed: {first} "
+            "(`pip install -r requirements.txt` installs sentencepiece, SigLIP's tokenizer)"
+        ) from e
+
+
+def _load_pretrained(cls: Any, name: str, **kwargs: Any) -> Any:
     if Path(name).is_dir():
         try:
             return cls.from_pretrained(name, **kwargs)
@@ -64,6 +75,8 @@ def load_pretrained(cls: Any, name: str, **kwargs: Any) -> Any:
             raise OSError("HF_HUB_OFFLINE is set")
         _check_hub_reachable()
         return cls.from_pretrained(name, **kwargs)
+    except ImportError:
+        raise
     except Exception as e:  # network errors come in many types; all mean the same thing to the user
         raise ClipLabError(
             f"cannot load '{name}' ({cls.__name__}): it is not in the local Hugging Face cache "
@@ -83,15 +96,16 @@ def load_model(cls: Any, name: str) -> nn.Module:
     quiet = _BelowError()  # a filter, not setLevel: transformers 5 reads that logger's level to pick other checks
     hf_log.addFilter(quiet)
     try:
-        model, info = load_pretrained(cls, name, output_loading_info=True)
+        # float32 whatever the checkpoint stores (transformers 5 keeps its dtype): autocast picks the precision on GPUs
+        model, info = load_pretrained(cls, name, output_loading_info=True, dtype=torch.float32)
     finally:
         hf_log.removeFilter(quiet)
     missing = sorted(info.get("missing_keys", ()))
     if missing:
         raise ClipLabError(
             f"{name} has no weights for {len(missing)} tensors of {cls.__name__} (e.g. {missing[0]}), "
-            "which would stay random. Fix: point it at a checkpoint of the whole model, both towers "
-            "(e.g. openai/clip-vit-base-patch32, or a folder saved from a full CLIPModel)"
+            f"which would stay random. Fix: point it at a checkpoint of the whole model, both towers (a hub id, or a "
+            f"folder saved from a full {cls.__name__})"
         )
     return model
 
@@ -251,6 +265,7 @@ class TextEncoder(nn.Module):
         self.model = load_model(model_class, name).eval().requires_grad_(False)
         text_config = getattr(self.model.config, "text_config", self.model.config)  # BLIP's model is the full one
         self.max_length = min(max_length, text_config.max_position_embeddings)
+        self.full_length = int(text_config.max_position_embeddings)  # what SigLIP's texts are padded to
         self.dim = text_embed_dim(name)
         self._backend = None  # a fast tokenizer's Rust core, set to truncate exactly as the HF call would
         if getattr(self.tokenizer, "is_fast", False):
@@ -321,7 +336,7 @@ class TextEncoder(nn.Module):
         chunks = []
         for b in batches:
             idx = order[b : b + batch_size]
-            width = self.max_length if self.family.pad_to_max else int(lengths[idx[-1]])  # sorted: the last is longest
+            width = self.full_length if self.family.pad_to_max else int(lengths[idx[-1]])  # sorted: the last is longest
             mask = np.arange(width)[None, :] < lengths[idx, None]
             input_ids = np.full(mask.shape, pad, dtype=np.int64)
             input_ids[mask] = tokens[(starts[idx, None] + np.arange(width)[None, :])[mask]]

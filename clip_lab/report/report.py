@@ -249,7 +249,7 @@ def test_results(
     columns = [m, result.get("first_caption", {}).get("metrics")]
     if baselines and same_protocol(result, baselines):  # the reference row every reader looks for
         reference = baselines["variants"][baselines["base"]]["metrics"]
-        model = str(baselines.get("model", "")).rstrip("/").rsplit("/", 1)[-1]
+        model = str(baselines.get("model") or baselines.get("clip_model", "")).rstrip("/").rsplit("/", 1)[-1]
         headers.append(f"{baselines['base']} {model}, standard (%)")
         columns.append({k: v["mean"] for k, v in reference.items()})
     rows = recall_rows(columns)

@@ -109,9 +109,10 @@ def baselines_table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]
 def baselines_markdown(result: dict[str, Any]) -> str:
     """The baselines table with its protocol and what each row is."""
     p = result["protocol"]
+    model = result.get("model") or result.get("clip_model")
     return (
         f"{result['dataset']} {result['split']}, protocol {p['name']} ({p['gallery_images']:,} images, "
-        f"{p['gallery_captions']:,} captions); pretrained model `{result['model']}`, both towers frozen. Test recall "
+        f"{p['gallery_captions']:,} captions); pretrained model `{model}`, both towers frozen. Test recall "
         f"in %; heads: mean ± std over seeds {result['heads']['seeds']}, {result['heads']['epochs']} epochs, the "
         "best validation epoch.\n\n" + markdown_table(*baselines_table(result)) + "\n"
     )

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from families import FAMILIES, NATIVE, Own, make_family
+from PIL import Image
 
 from clip_lab.errors import ClipLabError
 from clip_lab.jobs.infer import open_checkpoint
@@ -83,13 +84,16 @@ def test_zero_shot_probabilities_are_the_models_own(family, models, demo_root, t
     images = noise(2, side)
     expected = own.probabilities(images, [template.format(c) for c in classes])
     for image, probs in zip(images, expected):
-        from PIL import Image
-
         got = r.classify(Image.fromarray(image), classes, [template])
         assert list(got.probabilities.values()) == pytest.approx(probs.tolist(), abs=2e-5)
     assert (ckpt.logit_bias is not None) == (family == "siglip")
     if family == "siglip":
         assert (ckpt.logit_scale, ckpt.logit_bias) == pytest.approx((10.0, -2.5))
+        # several templates: the sigmoid of the mean of the model's own logits over them
+        templates = [template, "a drawing of the {}", "{}"]
+        logits = torch.stack([own.probabilities(images, [t.format(c) for c in classes]).logit() for t in templates])
+        got = r.classify(Image.fromarray(images[0]), classes, templates)
+        assert list(got.probabilities.values()) == pytest.approx(torch.sigmoid(logits.mean(0))[0].tolist(), abs=1e-4)
 
 
 def test_open_clip_text_tower_is_encode_text(models):
@@ -150,6 +154,36 @@ def test_names():
         openclip.parse("open_clip:ViT-B-32")
 
 
+def test_a_tag_trained_with_quickgelu_gets_it_and_weights_are_required(monkeypatch, models, tmp_path):
+    """open_clip builds ViT-B-32 with plain GELU and only warns that OpenAI's weights were trained with QuickGELU;
+    and it goes on with random weights when a download fails. Both are asked for here."""
+    import shutil
+
+    import open_clip
+
+    calls = []
+
+    def create_model(arch, **kwargs):
+        calls.append((arch, kwargs))
+        raise RuntimeError("not downloaded")
+
+    monkeypatch.setattr(open_clip, "create_model", create_model)
+    monkeypatch.setattr(openclip, "_check_hub_reachable", lambda: None)
+    for name in ("open_clip:ViT-B-32:openai", "open_clip:ViT-B-32:laion2b_s34b_b79k"):
+        with pytest.raises(ClipLabError, match=f"cannot load {name}"):
+            openclip.load(name)
+    assert [(a, k["force_quick_gelu"], k["require_pretrained"]) for a, k in calls] == [
+        ("ViT-B-32", True, True),
+        ("ViT-B-32", False, True),
+    ]
+    monkeypatch.undo()
+    folder = tmp_path / "no_weights"
+    folder.mkdir()
+    shutil.copy(Path(models["open_clip"].removeprefix("open_clip:local-dir:")) / "open_clip_config.json", folder)
+    with pytest.raises(ClipLabError, match="cannot load open_clip:local-dir:.*no_weights"):
+        openclip.load(f"open_clip:local-dir:{folder}")
+
+
 def test_unknown_tags_and_unreachable_weights_are_one_line(monkeypatch, tmp_path):
     with pytest.raises(ClipLabError, match="'nope' is neither a weights file nor a pretrained tag .* openai"):
         openclip.load("open_clip:ViT-B-32:nope")
@@ -186,3 +220,16 @@ def test_a_model_of_no_family_is_refused_in_one_line(tmp_path):
         ClipLabError, match="is a 'bert' model: the pretrained models clip_lab reads are of the families"
     ):
         pretrained.image_tower(f"hf:{tmp_path}")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cuda_bf16_embeds_as_the_cpu_does(family, models):
+    images = torch.from_numpy(noise(4, 72)).permute(0, 3, 1, 2)
+    _, cpu = pretrained.image_tower(models[family])(images)
+    _, gpu = pretrained.image_tower(models[family]).cuda()(images.cuda())
+    assert gpu.dtype == torch.float32 and (gpu.cpu() * cpu).sum(1).min() > 0.99
+    texts = ["a red circle", "two blue squares"]
+    on_cpu = pretrained.text_encoder(models[family]).encode(texts)
+    on_gpu = pretrained.text_encoder(models[family]).cuda().encode(texts)
+    assert on_gpu.device.type == "cuda" and (on_gpu.cpu() * on_cpu).sum(1).min() > 0.99

@@ -120,6 +120,16 @@ def test_a_siglip_text_tower_embeds_as_siglip_does(tmp_path):
         features = model.get_text_features(input_ids=ids)
     features = getattr(features, "pooler_output", features)  # transformers 5 returns an output object
     assert torch.allclose(got, torch.nn.functional.normalize(features, dim=-1), atol=1e-5)
+    # a shorter max_length truncates the texts but still pads them to the full 16, as SigLIP reads them
+    short = TextEncoder(str(path), max_length=6)
+    assert short.max_length == 6
+    torch.testing.assert_close(short.encode(CAPTIONS[:1]), got[:1], atol=1e-5, rtol=0)  # "a red circle" fits in 6
+    ids = tokenizer(CAPTIONS, padding="max_length", max_length=6, truncation=True).input_ids
+    ids = torch.tensor([i + [tokenizer.pad_token_id] * 10 for i in ids])
+    with torch.no_grad():
+        truncated = model.get_text_features(input_ids=ids)
+    truncated = torch.nn.functional.normalize(getattr(truncated, "pooler_output", truncated), dim=-1)
+    torch.testing.assert_close(short.encode(CAPTIONS), truncated, atol=1e-5, rtol=0)
 
 
 def test_an_align_text_tower_embeds_as_align_does(tmp_path):
@@ -228,3 +238,13 @@ def test_a_blip_text_tower_embeds_as_blip_retrieval_does(tmp_path):
         image = torch.nn.functional.normalize(model.vision_proj(vision[:, 0]), dim=-1)[0]
     assert torch.allclose(got @ image, own, atol=1e-5)
     assert torch.allclose(got.norm(dim=1), torch.ones(5), atol=1e-5)
+
+
+def test_a_missing_tokenizer_library_is_one_line(tmp_path):
+    class NeedsSentencepiece:
+        @classmethod
+        def from_pretrained(cls, name, **kwargs):
+            raise ImportError("SiglipTokenizer requires the SentencePiece library but it was not found.\nmore lines")
+
+    with pytest.raises(ClipLabError, match=r"needs a library that is not installed: SiglipTokenizer requires the Sen"):
+        load_pretrained(NeedsSentencepiece, f"hf:{tmp_path}")
