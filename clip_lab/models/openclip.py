@@ -147,7 +147,8 @@ def embed_dim(name: str) -> int:
 
 
 def fingerprint(name: str) -> str:
-    """What identifies the weights: a content hash of a local folder or weights file, the tag or hub repo otherwise."""
+    """What identifies the weights: a content hash of a local folder or weights file; for a hub repo or a tag (whose
+    weights open_clip keeps in a hub repo) the revision in the Hugging Face cache, as for `hf:` models."""
     arch, pretrained = parse(name)
     folder = Path(arch.removeprefix("local-dir:")) if arch.startswith("local-dir:") else None
     if folder is not None and folder.is_dir():
@@ -157,7 +158,23 @@ def fingerprint(name: str) -> str:
         return f"open_clip-dir:{h.hexdigest()}"
     if pretrained is not None and Path(pretrained).is_file():
         return f"open_clip:{arch}:sha256:{sha256_file(pretrained)}"
-    return name
+    if arch.startswith("hf-hub:"):
+        repo, files = arch.removeprefix("hf-hub:"), ["open_clip_config.json"]
+    else:  # open_clip's hub entry of a tag: "org/repo/" (its default weights files) or "org/repo/file"
+        repo, file = os.path.split(library().get_pretrained_cfg(arch, pretrained).get("hf_hub", ""))
+        files = [file] if file else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    return f"{name}@{_cached_revision(repo, files) if repo else 'unknown'}"
+
+
+def _cached_revision(repo: str, files: list[str]) -> str:
+    """The revision of `repo` whose file the Hugging Face cache holds ("unknown" when none is cached)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for file in files:
+        path = try_to_load_from_cache(repo, file)
+        if isinstance(path, str):
+            return Path(path).parent.name
+    return "unknown"
 
 
 class OpenClipText(nn.Module):

@@ -150,6 +150,8 @@ def test_names():
     assert pretrained.is_pretrained_name("hf:x") and not pretrained.is_pretrained_name("results/t/best.ckpt")
     # one model, one cache: a fit's `openai/x` and a search's `hf:openai/x` name the same files
     assert pretrained.canonical("hf:openai/x") == pretrained.canonical("openai/x") == "openai/x"
+    # a tag's or hub repo's weights are known by their revision in the Hugging Face cache (none here)
+    assert pretrained.fingerprint("open_clip:ViT-B-32:openai") == "open_clip:ViT-B-32:openai@unknown"
     with pytest.raises(ClipLabError, match="open_clip:<arch>:<pretrained tag or weights file>"):
         openclip.parse("open_clip:ViT-B-32")
 
