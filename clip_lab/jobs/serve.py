@@ -1,4 +1,4 @@
-"""`python -m clip_lab serve`: a search web page and HTTP API over trained checkpoints (FastAPI on uvicorn).
+"""`python -m clip_lab serve`: a search page and HTTP API (FastAPI) over trained checkpoints and pretrained models.
 
 Every route is a thin layer over `Retriever`. Images a client sends are the request's body (`Content-Type:
 image/jpeg`, `image/png`, ...), read into memory up to MAX_UPLOAD_BYTES and opened up to MAX_PIXELS: nothing a

@@ -1,4 +1,4 @@
-"""`python -m clip_lab zeroshot`: classify images by class names alone (prompt templates) with a trained checkpoint."""
+"""`python -m clip_lab zeroshot`: classify images by class names alone (prompt templates), trained or pretrained."""
 
 from __future__ import annotations
 
