@@ -84,6 +84,14 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def sha256_folder(path: str | os.PathLike) -> str:
+    """SHA-256 over the names and contents of the files directly in a folder (a saved model's weights and configs)."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(path).iterdir() if p.is_file()):
+        h.update(f.name.encode() + b"\0" + sha256_file(f).encode())
+    return h.hexdigest()
+
+
 def name_slug(name: str, limit: int = 60) -> str:
     """A model id or path as a file-name part: `openai/clip-vit-base-patch32` -> `openai_clip-vit-base-patch32`."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name.strip("/")).strip("_")[-limit:]

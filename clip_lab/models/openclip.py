@@ -7,7 +7,6 @@ clip_lab's frozen text and image towers, read through the `open_clip` library's 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clip_lab.errors import ClipLabError
-from clip_lab.files import sha256_file
+from clip_lab.files import sha256_file, sha256_folder
 from clip_lab.models.text import _check_hub_reachable, tokenizer_unknown_words
 from clip_lab.models.vision import ImageTower, Preprocess
 
@@ -152,10 +151,7 @@ def fingerprint(name: str) -> str:
     arch, pretrained = parse(name)
     folder = Path(arch.removeprefix("local-dir:")) if arch.startswith("local-dir:") else None
     if folder is not None and folder.is_dir():
-        h = hashlib.sha256()
-        for f in sorted(p for p in folder.iterdir() if p.is_file()):
-            h.update(f.name.encode() + b"\0" + sha256_file(f).encode())
-        return f"open_clip-dir:{h.hexdigest()}"
+        return f"open_clip-dir:{sha256_folder(folder)}"
     if pretrained is not None and Path(pretrained).is_file():
         return f"open_clip:{arch}:sha256:{sha256_file(pretrained)}"
     if arch.startswith("hf-hub:"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import os
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clip_lab.errors import ClipLabError
-from clip_lab.files import sha256_file
+from clip_lab.files import sha256_folder
 
 log = logging.getLogger(__name__)
 
@@ -149,12 +148,8 @@ def _check_hub_reachable(timeout: float = 3.0) -> None:
 def text_model_fingerprint(name: str) -> str:
     """What identifies the weights behind `name`: a content hash for a local directory, the hub revision otherwise."""
     name = name.removeprefix(HF)
-    path = Path(name)
-    if path.is_dir():
-        h = hashlib.sha256()
-        for f in sorted(p for p in path.iterdir() if p.is_file()):
-            h.update(f.name.encode() + b"\0" + sha256_file(f).encode())
-        return f"dir:{h.hexdigest()}"
+    if Path(name).is_dir():
+        return f"dir:{sha256_folder(name)}"
     from huggingface_hub import try_to_load_from_cache
 
     config = try_to_load_from_cache(name, "config.json")

@@ -177,16 +177,26 @@ class ImageFamily:
     model_class: str  # the full model's transformers class (both towers, the scale; its config's model_type is the key)
     features: Callable[[Any, Tensor], tuple[Tensor, Tensor]]  # (model, pixel_values) -> (pooled, embedding)
     scale: Callable[[Any], tuple[float, float | None]]  # model -> (logit scale, logit bias or None for a softmax)
+    text_parts: tuple[str, ...]  # the full model's text side, dropped once loaded (the text encoder loads its own)
 
 
 IMAGE_FAMILIES = {
-    "clip": ImageFamily("CLIPModel", _clip, lambda m: (float(m.logit_scale.exp()), None)),
-    "siglip": ImageFamily("SiglipModel", _siglip, lambda m: (float(m.logit_scale.exp()), float(m.logit_bias))),
+    "clip": ImageFamily(
+        "CLIPModel", _clip, lambda m: (float(m.logit_scale.exp()), None), ("text_model", "text_projection")
+    ),
+    "siglip": ImageFamily(
+        "SiglipModel", _siglip, lambda m: (float(m.logit_scale.exp()), float(m.logit_bias)), ("text_model",)
+    ),
     # AlignModel.get_image_features: the EfficientNet's pooled output, no projection; logits = cosine / temperature
-    "align": ImageFamily("AlignModel", _siglip, lambda m: (1 / float(m.temperature), None)),
+    "align": ImageFamily(
+        "AlignModel", _siglip, lambda m: (1 / float(m.temperature), None), ("text_model", "text_projection")
+    ),
     # BLIP's retrieval model keeps no learned temperature: the config's initial one (1/0.07), BLIP's ITC scale
     "blip": ImageFamily(
-        "BlipForImageTextRetrieval", _blip, lambda m: (math.exp(m.config.logit_scale_init_value), None)
+        "BlipForImageTextRetrieval",
+        _blip,
+        lambda m: (math.exp(m.config.logit_scale_init_value), None),
+        ("text_encoder", "text_proj", "itm_head"),
     ),
 }
 
@@ -213,6 +223,8 @@ class HFImageTower(ImageTower):
             side = preprocess.input_size or model.config.vision_config.image_size
             pooled, embeds = family.features(model, torch.zeros(1, 3, side, side))
         super().__init__(name, preprocess, int(pooled.shape[1]), int(embeds.shape[1]), *family.scale(model))
+        for part in family.text_parts:  # its text side's memory is given back: only the image side runs here
+            setattr(model, part, None)
         self.family = family
         self.model = model
 

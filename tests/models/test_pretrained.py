@@ -64,6 +64,16 @@ def test_image_embedding_is_the_models_own(family, models):
     torch.testing.assert_close(embeds, own.image_features(images), atol=1e-5, rtol=0)
     assert not any(p.requires_grad for p in tower.parameters()) and not tower.train().training
 
+    # the text side is not kept (the text encoder loads its own): the tower holds the image side's weights alone
+    def count(module):
+        return sum(p.numel() for p in module.parameters())
+
+    if family == "open_clip":
+        assert count(tower) == count(own.model.visual)
+    else:
+        text = sum(count(getattr(own.model, part)) for part in tower.family.text_parts)
+        assert text > 0 and count(tower) == count(own.model) - text
+
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_zero_shot_probabilities_are_the_models_own(family, models, demo_root, tmp_path):
