@@ -28,6 +28,7 @@ from clip_lab.errors import ClipLabError
 from clip_lab.eval.scoring import score_split
 from clip_lab.eval.seeds import summarize
 from clip_lab.files import CONFIGS, save_json, save_text
+from clip_lab.jobs.infer import config_settings
 from clip_lab.models.image import HEADS
 from clip_lab.options import JobParser
 from clip_lab.report.tables import baselines_markdown
@@ -41,12 +42,7 @@ LABELS = {"linear": "linear head", "mlp": "MLP head"}
 
 def data_settings(configs: list[str], overrides: list[str]) -> dict[str, Any]:
     """The `data:` section of stacked YAML configs, later files winning, then `--data.KEY VALUE` overrides."""
-    settings: dict[str, Any] = {}
-    for config in configs:
-        path = Path(config)
-        if not path.is_file():
-            raise ClipLabError(f"config file {path} does not exist")
-        settings |= (yaml.safe_load(path.read_text()) or {}).get("data") or {}
+    settings = config_settings(configs)
     if len(overrides) % 2:
         raise ClipLabError(f"overrides come in pairs (--data.KEY VALUE), got {' '.join(overrides)}")
     for key, value in zip(overrides[::2], overrides[1::2]):
