@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torch import Tensor
 
 from clip_lab.data import caption_cache, datasets, image_cache
@@ -79,8 +80,6 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
 
 def config_settings(configs: Sequence[str] | None) -> dict[str, Any]:
     """The `data:` section of stacked fit configs (later files winning), as `baselines` reads them."""
-    import yaml
-
     settings: dict[str, Any] = {}
     for config in configs or ():
         path = require_file(config, "config file", "pass a fit config, e.g. configs/coco.yaml")
@@ -98,7 +97,8 @@ def require_file(path: str | Path, what: str, fix: str) -> Path:
 
 @dataclass
 class Checkpoint:
-    """A trained model ready for inference, with the data settings it was trained with (overridden by flags)."""
+    """A trained model (or a pretrained one) ready for inference, with its data settings: those it was trained with,
+    or a pretrained model's configs, overridden by flags."""
 
     path: Path  # the .ckpt file, or the pretrained model's name
     sha256: str  # names and validates the caches derived from this checkpoint's weights

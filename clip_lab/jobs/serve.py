@@ -484,7 +484,7 @@ def load_retrievers(
     retrievers = {}
     for name, path in zip(model_names(paths), paths):
         configs = config if is_pretrained_name(path) else None
-        r = Retriever(open_checkpoint(path, device, 256, configs, **data), split, spec)
+        r = Retriever(open_checkpoint(path, device, config=configs, **data), split, spec)
         t0 = time.perf_counter()
         r.warm()
         log.info(

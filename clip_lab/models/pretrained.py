@@ -81,6 +81,3 @@ class PretrainedModel(nn.Module):
         """uint8 `[B, S, S, 3]` squares -> the model's unit image embeddings `[B, embed_dim]` (`image_size` unused:
         the family's processor, not the trained model's centre crop, decides what is seen)."""
         return self.image(squares.permute(0, 3, 1, 2))[1]
-
-    def to_fast_layout(self) -> None:
-        """Nothing to do: the towers are the family's own (the interface `ClipLab` has)."""

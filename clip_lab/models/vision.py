@@ -33,7 +33,7 @@ class Preprocess:
     std: Sequence[float]
 
     @property
-    def input_size(self) -> int | None:
+    def input_size(self) -> int:
         return self.crop or self.resize
 
     @classmethod
@@ -56,6 +56,8 @@ class Preprocess:
             raise ClipLabError(f"{name}: its processor resamples with filter {resample}: only bicubic and bilinear")
         resize = side(processor.size, "size") if getattr(processor, "do_resize", True) else None
         crop = side(processor.crop_size, "crop_size") if getattr(processor, "do_center_crop", False) else None
+        if resize is None and crop is None:  # the model's input side would be whatever the cached squares are
+            raise ClipLabError(f"{name}: its processor neither resizes nor crops: set do_resize in its config")
         rescale = getattr(processor, "do_rescale", True)
         normalize = getattr(processor, "do_normalize", True)
         mean = list(processor.image_mean) if normalize else [0.0] * 3
@@ -220,7 +222,7 @@ class HFImageTower(ImageTower):
         model = load_model(getattr(transformers, family.model_class), name).eval().requires_grad_(False)
         preprocess = Preprocess.of_processor(load_pretrained(AutoImageProcessor, name), name)
         with torch.no_grad():
-            side = preprocess.input_size or model.config.vision_config.image_size
+            side = preprocess.input_size
             pooled, embeds = family.features(model, torch.zeros(1, 3, side, side))
         super().__init__(name, preprocess, int(pooled.shape[1]), int(embeds.shape[1]), *family.scale(model))
         for part in family.text_parts:  # its text side's memory is given back: only the image side runs here

@@ -245,3 +245,13 @@ def test_cuda_bf16_embeds_as_the_cpu_does(family, models):
     on_cpu = pretrained.text_encoder(models[family]).encode(texts)
     on_gpu = pretrained.text_encoder(models[family]).cuda().encode(texts)
     assert on_gpu.device.type == "cuda" and (on_gpu.cpu() * on_cpu).sum(1).min() > 0.99
+
+
+def test_a_processor_that_neither_resizes_nor_crops_is_refused():
+    from types import SimpleNamespace
+
+    from clip_lab.models.vision import Preprocess
+
+    processor = SimpleNamespace(do_resize=False, do_center_crop=False, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    with pytest.raises(ClipLabError, match="m: its processor neither resizes nor crops"):
+        Preprocess.of_processor(processor, "m")
