@@ -74,6 +74,10 @@ def hub_access(name: str, local: bool = False) -> Iterator[None]:
         except OSError:
             offline = True
     saved, hub.HF_HUB_OFFLINE = hub.HF_HUB_OFFLINE, offline  # read at each request: the documented offline switch
+    # open_clip logs with logging.info/error, which install a stderr handler on the root logger (logging.basicConfig)
+    # when it has none: every clip_lab line after would print twice, and its errors come back as the one line below
+    quiet = logging.NullHandler()
+    logging.getLogger().addHandler(quiet)
     try:
         yield
     except ClipLabError:
@@ -89,6 +93,7 @@ def hub_access(name: str, local: bool = False) -> Iterator[None]:
         ) from e
     finally:
         hub.HF_HUB_OFFLINE = saved
+        logging.getLogger().removeHandler(quiet)
 
 
 def load(name: str) -> tuple[nn.Module, Any, dict[str, Any]]:

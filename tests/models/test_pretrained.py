@@ -126,6 +126,16 @@ def test_open_clip_truncates_to_a_shorter_max_length_and_says_so(models, caplog)
     assert torch.allclose(got.norm(dim=1), torch.ones(2), atol=1e-5)
 
 
+def test_loading_open_clip_leaves_the_root_logger_alone(models, monkeypatch):
+    """open_clip's module-level logging calls would install a root handler that prints every clip_lab line again."""
+    import logging
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])  # as in `python -m clip_lab`: nothing on the root logger
+    openclip.load(models["open_clip"])
+    assert root.handlers == []
+
+
 def test_an_open_clip_arch_with_a_weights_file(models, tmp_path):
     """`open_clip:<arch>:<file>`: an architecture open_clip knows (a config registered here, as a user adds theirs)
     and a weights file; the same model as the folder's."""
